@@ -1,0 +1,400 @@
+"""``leakyspanner(app)``: validate, attach, start. The handle it returns."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+import tracemalloc
+import weakref
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from .. import __version__
+from ..schema import FORMAT_NAME, JSONL_SUFFIX, LEVELS, LOG_SUFFIX, REQUEST_FIELDS, SCHEMA_VERSION, session_stem
+from . import humanlog
+from .middleware import LeakyspannerMiddleware
+from .procmem import ProcessReader, cgroup_memory_limit_bytes
+from .routes import RouteNamer
+from .sampler import Sampler
+from .writer import OBJECT, RecordWriter
+
+__all__ = ["Profiler", "leakyspanner"]
+
+logger = logging.getLogger("leakyspanner")
+_MB = 1024 * 1024
+_FRAMES = {"mid": 1, "auto": 1, "deep": 10, "basic": 0}
+
+
+def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
+        expected = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {expected} >= {minimum}, got {value!r}")
+
+
+class Profiler:
+    """One capture session; the handle ``leakyspanner(app)`` returns.
+
+    ``start()``/``stop()`` are idempotent; ``stop()`` flushes and writes the
+    summary. ``stats()`` gives the current numbers; ``log_file`` and
+    ``jsonl_file`` are the paths written (None while capture is disabled).
+    """
+
+    def __init__(
+        self,
+        app: object = None,
+        *,
+        log_path: str | os.PathLike[str] = "./leakyspanner_logs",
+        level: str = "mid",
+        interval_seconds: float = 5.0,
+        leak_threshold_mb: float = 50.0,
+        top_stats_count: int = 10,
+        snapshot_interval_seconds: float | None = None,
+        snapshot_cpu_budget: float = 0.02,
+        auto_window_seconds: float | None = None,
+        max_buffered_records: int = 100_000,
+        proc_root: str = "/proc",
+    ) -> None:
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(map(repr, LEVELS))}; got {level!r}")
+        if not isinstance(log_path, (str, os.PathLike)):
+            raise ValueError(f"log_path must be a str or path, got {log_path!r}")
+        _check_number("interval_seconds", interval_seconds, minimum=0.01)
+        _check_number("leak_threshold_mb", leak_threshold_mb, minimum=0)
+        _check_number("top_stats_count", top_stats_count, minimum=1, integer=True)
+        _check_number("snapshot_cpu_budget", snapshot_cpu_budget, minimum=0.0001)
+        _check_number("max_buffered_records", max_buffered_records, minimum=1, integer=True)
+        if snapshot_interval_seconds is not None:
+            _check_number("snapshot_interval_seconds", snapshot_interval_seconds, minimum=0.01)
+        if auto_window_seconds is not None:
+            _check_number("auto_window_seconds", auto_window_seconds, minimum=0.01)
+        self.app = app
+        self.level = level
+        self.log_path = Path(log_path)
+        self.interval_seconds = float(interval_seconds)
+        self.leak_threshold_mb = float(leak_threshold_mb)
+        self.threshold_bytes = int(leak_threshold_mb * _MB)
+        self.top_stats_count = int(top_stats_count)
+        self.snapshot_interval_seconds = float(snapshot_interval_seconds or interval_seconds)
+        self.snapshot_cpu_budget = float(snapshot_cpu_budget)
+        self.auto_window_seconds = float(auto_window_seconds or 10 * interval_seconds)
+        self._proc_root = proc_root
+        self._config = {
+            "level": level, "log_path": str(log_path), "interval_seconds": self.interval_seconds,
+            "leak_threshold_mb": self.leak_threshold_mb, "top_stats_count": self.top_stats_count,
+            "snapshot_interval_seconds": self.snapshot_interval_seconds,
+            "snapshot_cpu_budget": self.snapshot_cpu_budget,
+            "auto_window_seconds": self.auto_window_seconds,
+            "max_buffered_records": max_buffered_records,
+        }
+        # read by the middleware on every request
+        self._active = False
+        self._tracing = False
+        self._loop: Any = None
+        self._inflight = 0
+        self._buffer: deque[tuple[Any, ...]] = deque()
+        self._buffer_cap = int(max_buffered_records)
+        self._read_rss: Any = None
+        self.requests_dropped = 0
+        self.internal_errors = 0
+        # session state
+        self.reader: ProcessReader | None = None  # type: ignore[assignment]
+        self.baseline_rss_bytes = 0
+        self.cgroup_limit_bytes: int | None = None
+        self.session_id: str | None = None
+        self.log_file: Path | None = None
+        self.jsonl_file: Path | None = None
+        self.start_ts = 0.0
+        self._files: list[IO[str]] = []
+        self._writer: RecordWriter | None = None
+        self._sampler: Sampler | None = None
+        self._started_tracing = False
+        self._errors_logged: set[str] = set()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._stopped = False
+        self._platform = f"{platform.platform()} {platform.python_implementation()} {platform.python_version()}"
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> bool:
+        """Open a new session; returns False (with one warning) when it cannot."""
+        with self._lock:
+            if self._active:
+                return True
+            try:
+                return self._start()
+            except Exception as exc:
+                self._internal_error("start", exc)
+                self._close_files()
+                return False
+
+    def _start(self) -> bool:
+        self._stopped = False
+        self._pid = os.getpid()
+        try:
+            self.log_path.mkdir(parents=True, exist_ok=True)
+            start_ts = time.time()
+            stem = session_stem(start_ts)
+            if (self.log_path / (stem + JSONL_SUFFIX)).exists() or (self.log_path / (stem + LOG_SUFFIX)).exists():
+                stem = session_stem(start_ts, self._pid)
+            jsonl_path = self.log_path / (stem + JSONL_SUFFIX)
+            log_path = self.log_path / (stem + LOG_SUFFIX)
+            jsonl = open(jsonl_path, "x", encoding="utf-8")
+            self._files = [jsonl]
+            log = open(log_path, "x", encoding="utf-8", errors="replace")
+            self._files.append(log)
+        except OSError as exc:
+            self._close_files()
+            logger.warning("leakyspanner: cannot write logs to %s (%s); capture is disabled, the app is unaffected",
+                           self.log_path, exc)
+            return False
+        self.reader = ProcessReader(self._proc_root)
+        self._read_rss = self.reader.read_rss_bytes
+        self.baseline_rss_bytes, baseline_vms = self.reader.read_rss_vms_bytes()
+        self.cgroup_limit_bytes = cgroup_memory_limit_bytes()
+        self.session_id, self.jsonl_file, self.log_file, self.start_ts = stem, jsonl_path, log_path, start_ts
+        self._buffer.clear()
+        self.requests_dropped = 0
+        self._inflight = 0
+        self._writer = RecordWriter(
+            self._buffer, jsonl, log, RouteNamer(self.app),
+            perf_to_wall=time.time() - time.perf_counter(),
+            on_error=self._internal_error, dropped=lambda: self.requests_dropped,
+        )
+        header = {
+            "kind": "header", "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION,
+            "session_id": stem, "leakyspanner_version": __version__, "pid": self._pid,
+            "host": socket.gethostname(), "python": platform.python_version(), "platform": self._platform,
+            "level": self.level, "config": self._config, "start_ts": round(start_ts, 4),
+            "baseline_rss_bytes": self.baseline_rss_bytes, "baseline_vms_bytes": baseline_vms,
+            "cgroup_memory_limit_bytes": self.cgroup_limit_bytes, "memory_reader": self.reader.source,
+            "request_fields": list(REQUEST_FIELDS),
+        }
+        self._writer.write_lines(
+            [json.dumps(header, separators=(",", ":")) + "\n"],
+            humanlog.header_lines(__version__, start_ts, self._platform, self.level, self.interval_seconds,
+                                  self.leak_threshold_mb, self.baseline_rss_bytes, jsonl_path.name),
+        )
+        if self.level in ("mid", "deep"):
+            self._set_tracing(True, f"level={self.level}")
+        self._sampler = Sampler(
+            self, self.interval_seconds, self.snapshot_interval_seconds,
+            self.snapshot_cpu_budget, self.auto_window_seconds,
+        )
+        self._writer.start(round(start_ts, 4))
+        self._sampler.start()
+        self._active = True
+        _register_exit_hooks(self)
+        return True
+
+    def stop(self) -> None:
+        """Stop sampling, flush every record, write the summary; idempotent, never raises."""
+        with self._lock:
+            if not self._active or self._stopped:
+                return
+            self._stopped = True
+            self._active = False
+            try:
+                if self._sampler is not None:
+                    self._sampler.stop()
+                self._set_tracing(False, "session stopped")
+                writer = self._writer
+                if writer is not None:
+                    writer.stop()
+                    summary = self._summary(writer)
+                    writer.write_lines([json.dumps(summary, separators=(",", ":")) + "\n"],
+                                       humanlog.summary_lines(summary, self._platform))
+            except Exception as exc:
+                self._internal_error("stop", exc)
+            finally:
+                self._close_files()
+                if self.reader is not None:
+                    self.reader.close()
+
+    def _summary(self, writer: RecordWriter) -> dict[str, Any]:
+        now = time.time()
+        final = writer.final_rss_bytes or self.baseline_rss_bytes
+        return {
+            "kind": "summary", "ts": round(now, 4), "duration_s": round(now - self.start_ts, 3),
+            "baseline_rss_bytes": self.baseline_rss_bytes,
+            "peak_rss_bytes": max(writer.peak_rss_bytes, self.baseline_rss_bytes),
+            "final_rss_bytes": final, "net_growth_bytes": final - self.baseline_rss_bytes,
+            "samples": writer.samples, "requests_total": writer.requests_total,
+            "requests_dropped": self.requests_dropped, "internal_errors": self.internal_errors,
+            "endpoints": writer.endpoint_summary(),
+        }
+
+    def _close_files(self) -> None:
+        for f in self._files:
+            try:
+                f.close()
+            except Exception:
+                pass
+        self._files = []
+
+    # -- called by middleware and sampler --------------------------------
+    def _first_request(self, loop: Any) -> None:
+        """Slow path taken once per process: learn the loop, restart after a fork."""
+        if self._pid != os.getpid():
+            self._after_fork_restart()
+        self._loop = loop
+
+    def _after_fork_restart(self) -> None:
+        # Threads do not survive fork and /proc/self fds point at the parent:
+        # abandon the parent's session objects (without flushing) and start anew.
+        self._files = []
+        self._writer = None
+        self._sampler = None
+        self._active = False
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._buffer.clear()
+        self._started_tracing = False
+        self._tracing = tracemalloc.is_tracing()
+        self.internal_errors = 0
+        self.start()
+        if self._active:
+            self._buffer.append((OBJECT, {"kind": "event", "ts": round(time.time(), 4), "event": "forked",
+                                          "detail": "new session after fork"}))
+
+    def _set_tracing(self, on: bool, why: str) -> None:
+        if on and not tracemalloc.is_tracing():
+            tracemalloc.start(_FRAMES.get(self.level, 1))
+            self._started_tracing = True
+            self._event("tracing_started", why)
+        elif not on and self._started_tracing:
+            tracemalloc.stop()  # only ever stopped when leakyspanner started it
+            self._started_tracing = False
+            self._event("tracing_stopped", why)
+        self._tracing = tracemalloc.is_tracing() and self.level != "basic"
+
+    def _event(self, name: str, detail: str) -> None:
+        self._buffer.append((OBJECT, {"kind": "event", "ts": round(time.time(), 4), "event": name, "detail": detail}))
+
+    def _internal_error(self, where: str, exc: BaseException) -> None:
+        """Count it, log it once per place; never raise into the app."""
+        try:
+            self.internal_errors += 1
+            if where not in self._errors_logged:
+                self._errors_logged.add(where)
+                logger.warning("leakyspanner: internal error in %s (%s: %s); the app is unaffected",
+                               where, type(exc).__name__, exc)
+                self._event("internal_error", f"{where}: {type(exc).__name__}: {exc}")
+        except Exception:
+            pass
+
+    # -- public -------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """True while a session is being captured."""
+        return self._active
+
+    def stats(self) -> dict[str, Any]:
+        """Current numbers, read without waiting for the next sample."""
+        rss = self._read_rss() if self._active and self._read_rss else None
+        return {
+            "active": self._active, "level": self.level, "session_id": self.session_id,
+            "rss_bytes": rss, "baseline_rss_bytes": self.baseline_rss_bytes,
+            "rss_delta_bytes": None if rss is None else rss - self.baseline_rss_bytes,
+            "tracing": self._tracing,
+            "traced_bytes": tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None,
+            "inflight": self._inflight,
+            "requests_total": self._writer.requests_total if self._writer else 0,
+            "requests_dropped": self.requests_dropped, "buffered": len(self._buffer),
+            "internal_errors": self.internal_errors,
+            "log_file": str(self.log_file) if self.log_file else None,
+            "jsonl_file": str(self.jsonl_file) if self.jsonl_file else None,
+        }
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "inactive"
+        return f"<leakyspanner.Profiler {state} level={self.level} session={self.session_id}>"
+
+
+_live: weakref.WeakSet[Profiler] = weakref.WeakSet()
+_hooks_registered = False
+
+
+def _stop_all() -> None:
+    for profiler in list(_live):
+        profiler.stop()
+
+
+def _register_exit_hooks(profiler: Profiler) -> None:
+    global _hooks_registered
+    _live.add(profiler)
+    if not _hooks_registered:
+        _hooks_registered = True
+        atexit.register(_stop_all)  # fallback when no lifespan shutdown runs
+
+
+def leakyspanner(
+    app: Any,
+    *,
+    enabled: bool = True,
+    log_path: str | os.PathLike[str] = "./leakyspanner_logs",
+    level: str = "mid",
+    interval_seconds: float = 5.0,
+    leak_threshold_mb: float = 50.0,
+    top_stats_count: int = 10,
+    **advanced: Any,
+) -> Profiler | None:
+    """Attach the leak profiler to a FastAPI/Starlette ``app`` and start a session.
+
+    Levels: ``basic`` (endpoint memory deltas, no tracemalloc), ``mid``
+    (+ tracemalloc top allocation sites, 1 frame), ``deep`` (+ 10-frame
+    tracebacks of the top traces), ``auto`` (basic until RSS grows by
+    ``leak_threshold_mb``, then tracemalloc for a bounded window: the one to
+    use in production). Bad arguments raise ``ValueError`` here; after this
+    call nothing leakyspanner does can raise into the app. With
+    ``enabled=False`` the app is left exactly as it was and None is returned.
+    Advanced keywords: snapshot_interval_seconds, snapshot_cpu_budget,
+    auto_window_seconds, max_buffered_records.
+    """
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be True or False, got {enabled!r}")
+    allowed = {"snapshot_interval_seconds", "snapshot_cpu_budget", "auto_window_seconds", "max_buffered_records"}
+    unknown = sorted(set(advanced) - allowed)
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; valid advanced arguments: {', '.join(sorted(allowed))}")
+    profiler = Profiler(
+        app, log_path=log_path, level=level, interval_seconds=interval_seconds,
+        leak_threshold_mb=leak_threshold_mb, top_stats_count=top_stats_count, **advanced,
+    )
+    if not callable(app):
+        raise ValueError(f"app must be an ASGI application (a FastAPI or Starlette app), got {type(app).__name__}")
+    if not enabled:
+        return None
+    if getattr(app, "middleware_stack", None) is not None:
+        # already serving: wrap the built stack instead of add_middleware (which would raise)
+        app.middleware_stack = LeakyspannerMiddleware(app.middleware_stack, profiler)
+    elif hasattr(app, "add_middleware"):
+        app.add_middleware(LeakyspannerMiddleware, profiler=profiler)
+    else:
+        raise ValueError(
+            f"app must be a FastAPI or Starlette application (it has no add_middleware), got "
+            f"{type(app).__name__}; for another ASGI app use "
+            "app = LeakyspannerMiddleware(app, Profiler(app)) and call profiler.start()"
+        )
+    profiler.start()
+    return profiler
+
+
+def _fork_hook() -> None:
+    for profiler in list(_live):
+        profiler._loop = None  # next request in the child takes the slow path and restarts
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fork_hook)
+
+if sys.version_info < (3, 10):  # pragma: no cover
+    raise ImportError("leakyspanner needs Python >= 3.10")

@@ -1,0 +1,174 @@
+"""The background thread that samples process memory and drives tracemalloc."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .allocations import SiteTracker
+from .procmem import cgroup_memory_bytes
+from .writer import OBJECT, SAMPLE
+
+if TYPE_CHECKING:
+    from .profiler import Profiler
+
+__all__ = ["Sampler", "count_tasks"]
+
+logger = logging.getLogger("leakyspanner")
+_TOP_CORO = 20
+
+
+def _coro_name(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", None) or type(coro).__name__
+    return str(name)
+
+
+def count_tasks(loop: asyncio.AbstractEventLoop | None) -> tuple[int | None, dict[str, int]]:
+    """Unfinished tasks of ``loop`` by coroutine name, read from this (other) thread.
+
+    ``asyncio.all_tasks`` retries when the task set changes under it, so the
+    loop is never asked to do anything and never waits for us.
+    """
+    if loop is None or loop.is_closed():
+        return None, {}
+    tasks = asyncio.all_tasks(loop)
+    by_name: dict[str, int] = {}
+    for task in tasks:
+        name = _coro_name(task)
+        by_name[name] = by_name.get(name, 0) + 1
+    top = dict(sorted(by_name.items(), key=lambda kv: kv[1], reverse=True)[:_TOP_CORO])
+    return len(tasks), top
+
+
+class Sampler:
+    """Samples every ``interval_s``; takes allocation snapshots within a CPU budget.
+
+    At ``auto`` level tracemalloc is off until RSS grows ``threshold`` above the
+    last trigger point, then on for ``auto_window_s`` and off again.
+    """
+
+    def __init__(
+        self, profiler: Profiler, interval_s: float, snapshot_interval_s: float,
+        snapshot_budget: float, auto_window_s: float, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._p = profiler
+        self._interval_s = interval_s
+        self._snapshot_interval_s = snapshot_interval_s
+        self._snapshot_budget = snapshot_budget
+        self._auto_window_s = auto_window_s
+        self._clock = clock
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self._alert_armed = True
+        self._next_snapshot_at = 0.0
+        self._auto_trigger_rss = profiler.baseline_rss_bytes
+        self._auto_until: float | None = None
+        self.sites = SiteTracker(top_n=profiler.top_stats_count,
+                                 deep_traces=profiler.top_stats_count if profiler.level == "deep" else 0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="leakyspanner-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Wake the thread at once, take one final sample, idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self._guarded(self.tick)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            self._guarded(self.tick)
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self._p._internal_error("sampler", exc)
+
+    # -- one tick ----------------------------------------------------------
+    def tick(self) -> None:
+        p = self._p
+        now = self._clock()
+        rss, vms = p.reader.read_rss_vms_bytes()
+        tracing = tracemalloc.is_tracing()
+        traced, traced_peak = tracemalloc.get_traced_memory() if tracing else (None, None)
+        stats = gc.get_stats()
+        try:
+            n_tasks, by_coro = count_tasks(p._loop)
+        except Exception:
+            n_tasks, by_coro = None, {}
+        record: dict[str, Any] = {
+            "kind": "sample", "ts": round(now, 4), "seq": self._seq,
+            "rss_bytes": rss, "vms_bytes": vms, "rss_delta_bytes": rss - p.baseline_rss_bytes,
+            "gc_count": list(gc.get_count()),
+            "gc_collections": [s.get("collections", 0) for s in stats],
+            "gc_collected": [s.get("collected", 0) for s in stats],
+            "gc_uncollectable": [s.get("uncollectable", 0) for s in stats],
+            "gc_garbage": len(gc.garbage),
+            "tracing": tracing, "traced_bytes": traced, "traced_peak_bytes": traced_peak,
+            "threads": p.reader.read_threads(), "open_fds": p.reader.read_open_fds(),
+            "asyncio_tasks": n_tasks, "asyncio_tasks_by_coro": by_coro,
+            "inflight": p._inflight, "internal_errors": p.internal_errors,
+            "cgroup_memory_bytes": cgroup_memory_bytes() if p.cgroup_limit_bytes else None,
+        }
+        self._seq += 1
+        p._buffer.append((SAMPLE, record))
+        self._alerts(now, rss)
+        if p.level == "auto":
+            self._auto(now, rss)
+        if p._tracing and now >= self._next_snapshot_at and not self._stopped.is_set():
+            self._snapshot()
+
+    def _alerts(self, now: float, rss: int) -> None:
+        p = self._p
+        growth = rss - p.baseline_rss_bytes
+        if growth > p.threshold_bytes and self._alert_armed:
+            self._alert_armed = False
+            p._buffer.append((OBJECT, {
+                "kind": "alert", "ts": round(now, 4), "alert": "memory_growth", "rss_bytes": rss,
+                "baseline_rss_bytes": p.baseline_rss_bytes, "growth_bytes": growth,
+                "threshold_bytes": p.threshold_bytes,
+            }))
+            logger.warning(
+                "MEMORY GROWTH ALERT: %+.1f MB above baseline (baseline=%.1f MB, current=%.1f MB)",
+                growth / 2**20, p.baseline_rss_bytes / 2**20, rss / 2**20,
+            )
+        elif growth < 0.9 * p.threshold_bytes:
+            self._alert_armed = True  # re-armed: the next crossing alerts again
+
+    def _auto(self, now: float, rss: int) -> None:
+        p = self._p
+        if self._auto_until is None:
+            if rss - self._auto_trigger_rss > p.threshold_bytes:
+                self._auto_trigger_rss = rss
+                self._auto_until = now + self._auto_window_s
+                self.sites.reset()
+                self._next_snapshot_at = 0.0
+                p._set_tracing(True, f"auto: RSS {rss / 2**20:.1f} MB crossed the threshold")
+        elif now >= self._auto_until:
+            self._auto_until = None
+            self._snapshot()  # the closing snapshot of the window
+            p._set_tracing(False, "auto: window over")
+
+    def _snapshot(self) -> None:
+        if not tracemalloc.is_tracing():
+            return
+        record = self.sites.take()
+        now = self._clock()
+        record = {"kind": "snapshot", "ts": round(now, 4), **record}
+        self._p._buffer.append((OBJECT, record))
+        cost = record["cost_s"]
+        self._next_snapshot_at = now + max(self._snapshot_interval_s, cost / self._snapshot_budget)

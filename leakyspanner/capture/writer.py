@@ -1,0 +1,225 @@
+"""The one thread that turns buffered records into files.
+
+The request path and the sampler only append tuples to a ``deque`` (atomic,
+never blocks). This thread drains it in FIFO order every ``flush_s``, so the
+requests completed before a sample are always aggregated into that sample's
+interval. Each drain is written with one ``write`` and flushed, so a SIGKILL
+loses at most what was still buffered in memory and a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import IO, Any
+
+from ..schema import REQUEST_TAG
+from . import humanlog
+from .routes import METHODS, RouteNamer
+
+__all__ = ["RecordWriter", "REQUEST", "SAMPLE", "OBJECT"]
+
+logger = logging.getLogger("leakyspanner")
+
+REQUEST = 0  # (REQUEST, t0, t1, method, route, endpoint, root_after, root_before, status, rss0, rss1, tr0, tr1, in0, in1)
+SAMPLE = 1   # (SAMPLE, record_dict)
+OBJECT = 2   # (OBJECT, record_dict): snapshot, alert, event
+
+_MB = 1024 * 1024
+_ENDPOINT_LINE_BYTES = _MB  # the human log lists requests whose |delta| exceeds 1 MB
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), default=str)
+
+
+class RecordWriter:
+    """Drains the record buffer into the ``.jsonl`` and ``.log`` files."""
+
+    def __init__(
+        self,
+        buffer: deque[tuple[Any, ...]],
+        jsonl: IO[str],
+        log: IO[str],
+        routes: RouteNamer,
+        perf_to_wall: float,
+        on_error: Callable[[str, BaseException], None],
+        dropped: Callable[[], int],
+        flush_s: float = 0.2,
+    ) -> None:
+        self._buffer = buffer
+        self._jsonl = jsonl
+        self._log = log
+        self._routes = routes
+        self._offset = perf_to_wall
+        self._on_error = on_error
+        self._dropped = dropped
+        self._flush_s = flush_s
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._json_str: dict[str, str] = {}
+        self._interval: dict[tuple[str, str], list[Any]] = {}
+        self._interval_start: float | None = None
+        self._endpoints: dict[tuple[str, str], list[Any]] = {}
+        self.requests_total = 0
+        self.samples = 0
+        self.peak_rss_bytes = 0
+        self.final_rss_bytes = 0
+
+    # -- thread -------------------------------------------------------------
+    def start(self, start_ts: float) -> None:
+        self._interval_start = start_ts
+        self._thread = threading.Thread(target=self._run, name="leakyspanner-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._flush_s):
+            self.drain()
+
+    def stop(self) -> None:
+        """Stop the thread and write whatever is still buffered; idempotent."""
+        self._stopped.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self.drain()
+
+    def write_lines(self, jsonl_lines: list[str], log_lines: list[str]) -> None:
+        try:
+            if jsonl_lines:
+                self._jsonl.write("".join(jsonl_lines))
+                self._jsonl.flush()
+            if log_lines:
+                self._log.write("\n".join(log_lines) + "\n")
+                self._log.flush()
+        except Exception as exc:  # disk full, closed file: count it, keep going
+            self._on_error("write", exc)
+
+    # -- records ------------------------------------------------------------
+    def drain(self) -> None:
+        buffer = self._buffer
+        out: list[str] = []
+        log: list[str] = []
+        while True:
+            try:
+                item = buffer.popleft()
+            except IndexError:
+                break
+            try:
+                tag = item[0]
+                if tag == REQUEST:
+                    self._request(item, out, log)
+                elif tag == SAMPLE:
+                    self._sample(item[1], out, log)
+                else:
+                    self._object(item[1], out, log)
+            except Exception as exc:
+                self._on_error("writer", exc)
+            if len(out) >= 5000:
+                self.write_lines(out, log)
+                out, log = [], []
+        self.write_lines(out, log)
+
+    def _jstr(self, s: str) -> str:
+        cached = self._json_str.get(s)
+        if cached is None:
+            cached = json.dumps(s)
+            if len(self._json_str) < 4096:
+                self._json_str[s] = cached
+        return cached
+
+    def _request(self, item: tuple[Any, ...], out: list[str], log: list[str]) -> None:
+        (_, t0, t1, method, route, endpoint, root_after, root_before, status,
+         rss0, rss1, tr0, tr1, in0, in1) = item
+        if method not in METHODS:
+            method = "OTHER"
+        template = self._routes.name(route, endpoint, root_after or "", root_before or "")
+        ts = t0 + self._offset
+        duration = t1 - t0
+        delta = rss1 - rss0
+        traced = None if tr0 is None or tr1 is None else tr1 - tr0
+        out.append(
+            f'["{REQUEST_TAG}",{ts:.4f},{self._jstr(method)},{self._jstr(template)},{status},'
+            f'{duration:.6f},{rss0},{rss1},{"null" if tr0 is None else tr0},'
+            f'{"null" if tr1 is None else tr1},{in0},{in1}]\n'
+        )
+        self.requests_total += 1
+        key = (method, template)
+        agg = self._interval.get(key)
+        if agg is None:
+            self._interval[key] = [1, int(status >= 500), duration, duration, delta, delta, traced]
+        else:
+            agg[0] += 1
+            agg[1] += status >= 500
+            agg[2] += duration
+            if duration > agg[3]:
+                agg[3] = duration
+            agg[4] += delta
+            if delta > agg[5]:
+                agg[5] = delta
+            if traced is not None:
+                agg[6] = traced if agg[6] is None else agg[6] + traced
+        total = self._endpoints.get(key)
+        if total is None:
+            self._endpoints[key] = [1, int(status >= 500), duration, duration, delta, delta]
+        else:
+            total[0] += 1
+            total[1] += status >= 500
+            total[2] += duration
+            if duration > total[3]:
+                total[3] = duration
+            total[4] += delta
+            if delta > total[5]:
+                total[5] = delta
+        if delta > _ENDPOINT_LINE_BYTES or delta < -_ENDPOINT_LINE_BYTES:
+            log.append(humanlog.endpoint_line(ts + duration, method, template, delta, status))
+
+    def _sample(self, record: dict[str, Any], out: list[str], log: list[str]) -> None:
+        record["requests_total"] = self.requests_total
+        record["requests_dropped"] = self._dropped()
+        self.samples += 1
+        rss = record["rss_bytes"]
+        self.final_rss_bytes = rss
+        if rss > self.peak_rss_bytes:
+            self.peak_rss_bytes = rss
+        out.append(_dumps(record) + "\n")
+        for (method, route), agg in self._interval.items():
+            out.append(_dumps({
+                "kind": "endpoint_interval", "ts_start": self._interval_start, "ts": record["ts"],
+                "seq": record["seq"], "method": method, "route": route, "calls": agg[0],
+                "errors": agg[1], "duration_s_sum": round(agg[2], 6), "duration_s_max": round(agg[3], 6),
+                "rss_delta_bytes_sum": agg[4], "rss_delta_bytes_max": agg[5],
+                "traced_delta_bytes_sum": agg[6],
+            }) + "\n")
+        self._interval = {}
+        self._interval_start = record["ts"]
+        log.append(humanlog.sample_line(record["ts"], rss, record["vms_bytes"],
+                                        record["rss_delta_bytes"], record["gc_count"]))
+
+    def _object(self, record: dict[str, Any], out: list[str], log: list[str]) -> None:
+        out.append(_dumps(record) + "\n")
+        kind = record.get("kind")
+        if kind == "alert":
+            log.append(humanlog.alert_line(record["ts"], record["growth_bytes"],
+                                           record["baseline_rss_bytes"], record["rss_bytes"]))
+        elif kind == "snapshot":
+            rows = [(r[0], r[1], r[2], r[3]) for r in record.get("sites", ())]
+            rows.sort(key=lambda r: r[2], reverse=True)
+            log.extend(humanlog.top_allocation_lines(rows))
+        elif kind == "event":
+            log.append(f"  [event] {humanlog.clean(record.get('event'))}: {humanlog.clean(record.get('detail', ''))}")
+
+    def endpoint_summary(self) -> list[dict[str, Any]]:
+        """Per-endpoint totals, sorted by average delta as the seed's summary was."""
+        rows = []
+        for (method, route), (calls, errors, dur_sum, dur_max, d_sum, d_max) in self._endpoints.items():
+            rows.append({
+                "method": method, "route": route, "calls": calls, "errors": errors,
+                "avg_delta_bytes": round(d_sum / calls), "max_delta_bytes": d_max,
+                "avg_duration_s": round(dur_sum / calls, 6), "max_duration_s": round(dur_max, 6),
+            })
+        rows.sort(key=lambda r: r["avg_delta_bytes"], reverse=True)
+        return rows

@@ -1,0 +1,4 @@
+"""One module per CLI subcommand: ``add_arguments(parser)`` and ``run(args) -> int``.
+
+Modules here must import heavy dependencies inside ``run`` only.
+"""

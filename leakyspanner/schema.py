@@ -1,0 +1,189 @@
+"""The on-disk contract between the capture side and every reader.
+
+A session is two files with one stem, ``leakyspanner_YYYYMMDD_HHMMSS[_pPID]``:
+
+* ``.log``   - the human log, line formats kept from leakyspanner 0.1.x so
+  ``grep ENDPOINT`` / ``grep ALERT`` habits keep working.
+* ``.jsonl`` - one JSON value per line. The first line is the ``header``
+  object. Request records are compact JSON arrays ``["r", <REQUEST_FIELDS>]``
+  (they are by far the most numerous: about 100 bytes each); every other
+  record is an object with a ``"kind"`` key.
+
+Units live in the names: ``*_bytes`` bytes, ``*_s`` seconds, ``ts`` Unix
+seconds (float). A reader must ignore unknown keys and kinds, treat missing
+keys as null, and refuse a header whose ``schema_version`` is newer than
+:data:`SCHEMA_VERSION`. Nobody outside this module spells a field name of
+the format by hand: writers and readers use the constants below.
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = [
+    "FIELDS",
+    "FORMAT_NAME",
+    "JSONL_SUFFIX",
+    "KINDS",
+    "LEVELS",
+    "LOG_SUFFIX",
+    "REQUEST_FIELDS",
+    "REQUEST_TAG",
+    "SCHEMA_VERSION",
+    "SITE_FIELDS",
+    "STEM_PREFIX",
+    "UNMATCHED_ROUTE",
+    "OTHER_ROUTE",
+    "session_stem",
+]
+
+#: Bumped on any change a reader of the previous version would misread.
+SCHEMA_VERSION = 1
+FORMAT_NAME = "leakyspanner-jsonl"
+
+STEM_PREFIX = "leakyspanner_"
+LOG_SUFFIX = ".log"
+JSONL_SUFFIX = ".jsonl"
+
+#: Capture levels accepted by ``leakyspanner(app, level=...)``.
+LEVELS = ("basic", "mid", "deep", "auto")
+
+#: The one bucket for requests that matched no route (never one key per raw path).
+UNMATCHED_ROUTE = "<unmatched>"
+#: The bucket used once the number of distinct routes hits its cap.
+OTHER_ROUTE = "<other>"
+
+#: First element of a request record array.
+REQUEST_TAG = "r"
+
+#: Order of the values after the tag in a request record.
+REQUEST_FIELDS = (
+    "ts",                   # Unix seconds when the request started
+    "method",               # HTTP method, "WS" for a websocket, "OTHER" for a non-standard one
+    "route",                # route template (/items/{item_id}) or UNMATCHED_ROUTE
+    "status",               # response status; 500 when the app raised first
+    "duration_s",           # start to last body chunk sent (or websocket closed)
+    "rss_before_bytes",     # resident set size at request start
+    "rss_after_bytes",      # resident set size when the response completed
+    "traced_before_bytes",  # tracemalloc traced memory at start (null when not tracing)
+    "traced_after_bytes",   # tracemalloc traced memory at completion (null when not tracing)
+    "inflight_start",       # requests in flight when this one started (itself included)
+    "inflight_end",         # requests in flight when this one completed (itself included)
+)
+
+#: Record kinds and their fields: name -> description with unit.
+FIELDS: dict[str, dict[str, str]] = {
+    "header": {
+        "kind": '"header"',
+        "format": f'always "{FORMAT_NAME}"',
+        "schema_version": "int, format version of this file",
+        "session_id": "str, unique per session (stem of the file name)",
+        "leakyspanner_version": "str",
+        "pid": "int, process id",
+        "host": "str, host name",
+        "python": "str, Python version",
+        "platform": "str, platform string",
+        "level": "str, one of LEVELS",
+        "config": "object, the arguments leakyspanner() was called with",
+        "start_ts": "float, Unix seconds when capture started",
+        "baseline_rss_bytes": "int, RSS when capture started",
+        "baseline_vms_bytes": "int, VMS when capture started",
+        "cgroup_memory_limit_bytes": "int|null, container memory limit if a cgroup sets one",
+        "memory_reader": 'str, "statm" or "psutil"',
+        "request_fields": "list[str], REQUEST_FIELDS as written in this file",
+    },
+    "sample": {
+        "kind": '"sample"',
+        "ts": "float, Unix seconds",
+        "seq": "int, sample number from 0",
+        "rss_bytes": "int, resident set size",
+        "vms_bytes": "int, virtual memory size",
+        "rss_delta_bytes": "int, rss_bytes - baseline_rss_bytes",
+        "gc_count": "list[int] of 3, gc.get_count()",
+        "gc_collections": "list[int] of 3, collections per generation since start of process",
+        "gc_collected": "list[int] of 3, objects collected per generation",
+        "gc_uncollectable": "list[int] of 3, uncollectable objects per generation",
+        "gc_garbage": "int, len(gc.garbage)",
+        "tracing": "bool, tracemalloc was tracing",
+        "traced_bytes": "int|null, tracemalloc traced memory",
+        "traced_peak_bytes": "int|null, tracemalloc peak traced memory",
+        "threads": "int, OS threads of the process",
+        "open_fds": "int|null, open file descriptors",
+        "asyncio_tasks": "int|null, unfinished tasks on the app's event loop",
+        "asyncio_tasks_by_coro": "object, coroutine qualname -> unfinished tasks (top 20)",
+        "inflight": "int, requests in flight",
+        "requests_total": "int, requests completed since start",
+        "requests_dropped": "int, request records dropped because the buffer was full",
+        "internal_errors": "int, exceptions caught inside leakyspanner",
+        "cgroup_memory_bytes": "int|null, the cgroup's current memory usage",
+    },
+    "endpoint_interval": {
+        "kind": '"endpoint_interval"',
+        "ts_start": "float, Unix seconds, previous sample (or start)",
+        "ts": "float, Unix seconds, the sample closing this interval",
+        "seq": "int, seq of the closing sample",
+        "method": "str",
+        "route": "str",
+        "calls": "int, requests completed in the interval",
+        "errors": "int, of which status >= 500",
+        "duration_s_sum": "float",
+        "duration_s_max": "float",
+        "rss_delta_bytes_sum": "int, sum of per-request rss_after - rss_before",
+        "rss_delta_bytes_max": "int",
+        "traced_delta_bytes_sum": "int|null",
+    },
+    "snapshot": {
+        "kind": '"snapshot"',
+        "ts": "float, Unix seconds",
+        "seq": "int, snapshot number from 0",
+        "traced_bytes": "int, total traced memory in the snapshot (own allocations excluded)",
+        "blocks": "int, live traced blocks in the snapshot",
+        "sites_total": "int, distinct file:line sites",
+        "frames": "int, tracemalloc frames per traceback",
+        "cost_s": "float, wall time spent taking and grouping the snapshot",
+        "take_s": "float, of which tracemalloc.take_snapshot() (GIL held)",
+        "site_fields": 'list[str], ["file", "line", "size_bytes", "count", "size_diff_bytes", "count_diff"]',
+        "sites": "list[list], top sites by size and by growth since the previous snapshot",
+        "traces": "list[object], deep only: {size_bytes, count, frames: [[file, line], ...]}",
+    },
+    "alert": {
+        "kind": '"alert"',
+        "ts": "float, Unix seconds",
+        "alert": '"memory_growth"',
+        "rss_bytes": "int",
+        "baseline_rss_bytes": "int",
+        "growth_bytes": "int",
+        "threshold_bytes": "int",
+    },
+    "event": {
+        "kind": '"event"',
+        "ts": "float, Unix seconds",
+        "event": '"tracing_started" | "tracing_stopped" | "internal_error" | "forked"',
+        "detail": "str",
+    },
+    "summary": {
+        "kind": '"summary"',
+        "ts": "float, Unix seconds",
+        "duration_s": "float",
+        "baseline_rss_bytes": "int",
+        "peak_rss_bytes": "int",
+        "final_rss_bytes": "int",
+        "net_growth_bytes": "int",
+        "samples": "int",
+        "requests_total": "int",
+        "requests_dropped": "int",
+        "internal_errors": "int",
+        "endpoints": "list[object]: method, route, calls, errors, avg_delta_bytes, max_delta_bytes, avg_duration_s, max_duration_s",
+    },
+}
+
+KINDS = tuple(FIELDS) + ("request",)
+
+#: Field names of a snapshot site row, in order.
+SITE_FIELDS = ("file", "line", "size_bytes", "count", "size_diff_bytes", "count_diff")
+
+
+def session_stem(start_ts: float, pid: int | None = None) -> str:
+    """File stem for a session started at ``start_ts`` (local time), pid appended when given."""
+    stem = STEM_PREFIX + time.strftime("%Y%m%d_%H%M%S", time.localtime(start_ts))
+    return f"{stem}_p{pid}" if pid is not None else stem
