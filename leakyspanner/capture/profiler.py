@@ -146,8 +146,13 @@ class Profiler:
             if (self.log_path / (stem + JSONL_SUFFIX)).exists() or (self.log_path / (stem + LOG_SUFFIX)).exists():
                 stem = session_stem(start_ts, self._pid)
             jsonl_path = self.log_path / (stem + JSONL_SUFFIX)
+            try:
+                jsonl = open(jsonl_path, "x", encoding="utf-8")
+            except FileExistsError:  # another worker started in the same second
+                stem = session_stem(start_ts, self._pid)
+                jsonl_path = self.log_path / (stem + JSONL_SUFFIX)
+                jsonl = open(jsonl_path, "x", encoding="utf-8")
             log_path = self.log_path / (stem + LOG_SUFFIX)
-            jsonl = open(jsonl_path, "x", encoding="utf-8")
             self._files = [jsonl]
             log = open(log_path, "x", encoding="utf-8", errors="replace")
             self._files.append(log)
