@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LeakyspannerError", "NotALogError", "SchemaVersionError", "MissingExtraError"]
+__all__ = ["LeakyspannerError", "MissingExtraError", "NotALogError", "SchemaVersionError", "require_extra"]
 
 
 class LeakyspannerError(Exception):

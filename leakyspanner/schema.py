@@ -27,13 +27,13 @@ __all__ = [
     "KINDS",
     "LEVELS",
     "LOG_SUFFIX",
+    "OTHER_ROUTE",
     "REQUEST_FIELDS",
     "REQUEST_TAG",
     "SCHEMA_VERSION",
     "SITE_FIELDS",
     "STEM_PREFIX",
     "UNMATCHED_ROUTE",
-    "OTHER_ROUTE",
     "session_stem",
 ]
 

@@ -10,10 +10,23 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["ProcessReader", "cgroup_memory_limit_bytes", "cgroup_memory_bytes"]
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _statm_rss_reader(fd: int) -> Callable[[], int]:
+    """The request-path reading: one pread, names bound as closure locals for speed."""
+    pread = os.pread
+    page = _PAGE_SIZE
+
+    def read_rss_bytes() -> int:
+        # statm: size resident shared text lib data dt (pages)
+        return int(pread(fd, 64, 0).split(None, 2)[1]) * page
+
+    return read_rss_bytes
 
 
 class ProcessReader:
@@ -22,7 +35,7 @@ class ProcessReader:
     def __init__(self, proc_root: str = "/proc", pid: int | str = "self") -> None:
         self._proc = os.path.join(proc_root, str(pid))
         self._statm_fd: int | None = None
-        self._psutil_process: object | None = None
+        self._psutil_process: Any = None
         try:
             self._statm_fd = os.open(os.path.join(self._proc, "statm"), os.O_RDONLY)
             self.source = "statm"
@@ -32,22 +45,17 @@ class ProcessReader:
             self._psutil_process = psutil.Process(None if pid == "self" else int(pid))
             self.source = "psutil"
         self.read_rss_bytes: Callable[[], int] = (
-            self._rss_statm if self._statm_fd is not None else self._rss_psutil
+            _statm_rss_reader(self._statm_fd) if self._statm_fd is not None else self._rss_psutil
         )
 
-    def _rss_statm(self) -> int:
-        # statm: size resident shared text lib data dt (pages)
-        data = os.pread(self._statm_fd, 128, 0)  # type: ignore[arg-type]
-        return int(data.split(None, 2)[1]) * _PAGE_SIZE
-
     def _rss_psutil(self) -> int:
-        return int(self._psutil_process.memory_info().rss)  # type: ignore[attr-defined]
+        return int(self._psutil_process.memory_info().rss)
 
     def read_rss_vms_bytes(self) -> tuple[int, int]:
         if self._statm_fd is not None:
             fields = os.pread(self._statm_fd, 128, 0).split()
             return int(fields[1]) * _PAGE_SIZE, int(fields[0]) * _PAGE_SIZE
-        info = self._psutil_process.memory_info()  # type: ignore[attr-defined]
+        info = self._psutil_process.memory_info()
         return int(info.rss), int(info.vms)
 
     def read_threads(self) -> int:
@@ -58,7 +66,7 @@ class ProcessReader:
             return int(stat.rsplit(b")", 1)[1].split()[17])
         except (OSError, ValueError, IndexError):
             if self._psutil_process is not None:
-                return int(self._psutil_process.num_threads())  # type: ignore[attr-defined]
+                return int(self._psutil_process.num_threads())
             return threading.active_count()
 
     def read_open_fds(self) -> int | None:
@@ -67,7 +75,7 @@ class ProcessReader:
         except OSError:
             if self._psutil_process is not None:
                 try:
-                    return int(self._psutil_process.num_fds())  # type: ignore[attr-defined]
+                    return int(self._psutil_process.num_fds())
                 except Exception:
                     return None
             return None

@@ -8,7 +8,6 @@ import logging
 import os
 import platform
 import socket
-import sys
 import threading
 import time
 import tracemalloc
@@ -18,7 +17,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import __version__
-from ..schema import FORMAT_NAME, JSONL_SUFFIX, LEVELS, LOG_SUFFIX, REQUEST_FIELDS, SCHEMA_VERSION, session_stem
+from ..schema import (
+    FORMAT_NAME,
+    JSONL_SUFFIX,
+    LEVELS,
+    LOG_SUFFIX,
+    REQUEST_FIELDS,
+    SCHEMA_VERSION,
+    session_stem,
+)
 from . import humanlog
 from .middleware import LeakyspannerMiddleware
 from .procmem import ProcessReader, cgroup_memory_limit_bytes
@@ -70,7 +77,7 @@ class Profiler:
         _check_number("interval_seconds", interval_seconds, minimum=0.01)
         _check_number("leak_threshold_mb", leak_threshold_mb, minimum=0)
         _check_number("top_stats_count", top_stats_count, minimum=1, integer=True)
-        _check_number("snapshot_cpu_budget", snapshot_cpu_budget, minimum=0.0001)
+        _check_number("snapshot_cpu_budget", snapshot_cpu_budget, minimum=1e-6)
         _check_number("max_buffered_records", max_buffered_records, minimum=1, integer=True)
         if snapshot_interval_seconds is not None:
             _check_number("snapshot_interval_seconds", snapshot_interval_seconds, minimum=0.01)
@@ -106,7 +113,7 @@ class Profiler:
         self.requests_dropped = 0
         self.internal_errors = 0
         # session state
-        self.reader: ProcessReader | None = None  # type: ignore[assignment]
+        self.reader: ProcessReader | None = None
         self.baseline_rss_bytes = 0
         self.cgroup_limit_bytes: int | None = None
         self.session_id: str | None = None
@@ -400,6 +407,3 @@ def _fork_hook() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fork_hook)
-
-if sys.version_info < (3, 10):  # pragma: no cover
-    raise ImportError("leakyspanner needs Python >= 3.10")

@@ -14,14 +14,15 @@ METHODS = frozenset(
 
 
 def _walk(routes: Any, prefix: str, out: dict[int, tuple[object, str]]) -> None:
+    """Full templates (mount prefixes included) keyed by id of each route, endpoint and app."""
     for route in routes or ():
         fmt = getattr(route, "path_format", None)
         if fmt is None:
             continue
         sub = getattr(route, "routes", None)
-        if sub:  # a Mount around a router: recurse with its prefix
-            _walk(sub, prefix + getattr(route, "path", ""), out)
-        for target in (getattr(route, "endpoint", None), getattr(route, "app", None)):
+        if sub:  # a Mount around a router: recurse with its prefix template
+            _walk(sub, prefix + fmt[: -len("/{path}")] if fmt.endswith("/{path}") else prefix, out)
+        for target in (route, getattr(route, "endpoint", None), getattr(route, "app", None)):
             if target is not None and id(target) not in out:
                 out[id(target)] = (target, prefix + fmt)
 
@@ -62,15 +63,22 @@ class RouteNamer:
             return template
         if len(self._cache) >= self._max_routes:
             return OTHER_ROUTE
-        if route is not None:
-            fmt = getattr(route, "path_format", None) or getattr(route, "path", None)
+        known = self._endpoint_map()
+        hit = known.get(id(route)) if route is not None else None
+        if hit is None or hit[0] is not route:
+            hit = known.get(id(endpoint)) if endpoint is not None else None
+            if hit is not None and hit[0] is not endpoint:
+                hit = None
+        if hit is not None:
+            template = hit[1]
+        elif route is not None and isinstance(getattr(route, "path_format", None), str):
+            # a route added after the walk: its own template under the mount's raw prefix
             prefix = ""
             if root_after and root_after.startswith(root_before or ""):
                 prefix = root_after[len(root_before or ""):]
-            template = prefix + fmt if isinstance(fmt, str) else UNMATCHED_ROUTE
+            template = prefix + route.path_format  # type: ignore[attr-defined]
         else:
-            hit = self._endpoint_map().get(id(endpoint))
-            template = hit[1] if hit is not None and hit[0] is endpoint else UNMATCHED_ROUTE
+            template = UNMATCHED_ROUTE
         self._cache[key] = template
         self._keep.append(target)
         return template

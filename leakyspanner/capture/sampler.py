@@ -87,6 +87,8 @@ class Sampler:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
         self._guarded(self.tick)
+        if self._p._tracing:
+            self._guarded(self._snapshot)  # the closing picture of the session
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval_s):
@@ -101,8 +103,11 @@ class Sampler:
     # -- one tick ----------------------------------------------------------
     def tick(self) -> None:
         p = self._p
+        reader = p.reader
+        if reader is None:
+            return
         now = self._clock()
-        rss, vms = p.reader.read_rss_vms_bytes()
+        rss, vms = reader.read_rss_vms_bytes()
         tracing = tracemalloc.is_tracing()
         traced, traced_peak = tracemalloc.get_traced_memory() if tracing else (None, None)
         stats = gc.get_stats()
@@ -119,7 +124,7 @@ class Sampler:
             "gc_uncollectable": [s.get("uncollectable", 0) for s in stats],
             "gc_garbage": len(gc.garbage),
             "tracing": tracing, "traced_bytes": traced, "traced_peak_bytes": traced_peak,
-            "threads": p.reader.read_threads(), "open_fds": p.reader.read_open_fds(),
+            "threads": reader.read_threads(), "open_fds": reader.read_open_fds(),
             "asyncio_tasks": n_tasks, "asyncio_tasks_by_coro": by_coro,
             "inflight": p._inflight, "internal_errors": p.internal_errors,
             "cgroup_memory_bytes": cgroup_memory_bytes() if p.cgroup_limit_bytes else None,

@@ -1,0 +1,605 @@
+"""Read leakyspanner sessions into tidy pandas DataFrames.
+
+A session's ``.jsonl`` is the source of truth; its human ``.log`` is read only
+when no ``.jsonl`` with the same stem sits next to it (sessions from 0.1.x left
+nothing else). Bad lines never cost the rest of a file: they are skipped,
+listed in :attr:`Sessions.skipped` and reported in one :class:`LoadWarning`.
+
+Column types: integers are nullable ``Int64`` (a missing key is null), floats
+``float64``, text ``str``, ``method``/``route`` categorical, ``time``/``start``
+``datetime64[ns, UTC]``. ``ts`` stays Unix seconds and ``elapsed_s`` counts
+from the session's ``start_ts``.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leakyspanner import errors, schema
+from leakyspanner.analysis import legacy
+
+try:  # orjson parses the bulk of request records about three times faster
+    from orjson import loads as _loads
+except ImportError:
+    _loads = json.loads
+
+__all__ = ["LoadWarning", "Sessions", "load"]
+
+Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+
+_STR = pd.Series([], dtype="str").dtype  # StringDtype on pandas 3, object on pandas 2
+_TIME = pd.DatetimeTZDtype("ns", "UTC")
+_MB = 1024 * 1024
+_CHUNK_LINES = 4096
+_SHOWN_LINES = 10
+_REQUEST_PREFIX = b'["' + schema.REQUEST_TAG.encode() + b'"'
+_JSONL, _LEGACY = "jsonl", "legacy-log"
+
+# The few field names the loader gives meaning to; tests check each against the schema.
+_HEADER_COLUMNS = ("schema_version", "pid", "host", "python", "platform", "level",
+                   "leakyspanner_version", "baseline_rss_bytes", "cgroup_memory_limit_bytes")
+_SUMMARY_COLUMNS = ("duration_s", "peak_rss_bytes", "final_rss_bytes", "net_growth_bytes",
+                    "requests_total", "requests_dropped", "internal_errors")
+_CATEGORICAL = ("method", "route")
+_REQUEST_DELTAS = (("rss_delta_bytes", "rss_before_bytes", "rss_after_bytes"),
+                   ("traced_delta_bytes", "traced_before_bytes", "traced_after_bytes"))
+_LIST_OF_INTS = re.compile(r"list\[int\] of (\d+)")
+
+
+class LoadWarning(UserWarning):
+    """Some lines of a session could not be read; the rest loaded."""
+
+
+# ---------------------------------------------------------------- column specs
+# A spec is a list of (column, type, key): ``key`` says where a record keeps the
+# value (a field name, or (field, index) for lists expanded into columns).
+
+def _record_spec(kind: str) -> list[tuple[str, str, Any]]:
+    """Columns for a record kind, derived from the schema so new scalar fields just appear."""
+    spec: list[tuple[str, str, Any]] = [("session_id", "str", None), ("ts", "float", "ts"),
+                                        ("time", "time", None), ("elapsed_s", "float", None)]
+    for name, description in schema.FIELDS[kind].items():
+        head = description.split(",", 1)[0].strip()
+        if name in ("kind", "ts"):
+            continue
+        if m := _LIST_OF_INTS.fullmatch(head):
+            spec += [(f"{name}_{i}", "int", (name, i)) for i in range(int(m.group(1)))]
+        elif name in _CATEGORICAL:
+            spec.append((name, "category", name))
+        elif head.startswith(("float", "int", "bool")):
+            spec.append((name, head[:5].rstrip("|,"), name))
+        elif head.startswith(("str", '"', "always")):
+            spec.append((name, "str", name))
+    return spec
+
+
+def _unit_type(name: str) -> str:
+    """Type of a column known only by name: units live in names (``*_s`` seconds)."""
+    if name in _CATEGORICAL:
+        return "category"
+    return "float" if name == "ts" or name.endswith("_s") else "int"
+
+
+_ENDPOINT_FIELDS = [n.strip() for n in schema.FIELDS["summary"]["endpoints"].split(":", 1)[1].split(",")]
+_SPECS: dict[str, list[tuple[str, str, Any]]] = {
+    "sessions": [
+        ("session_id", "str", None), ("path", "str", None), ("format", "str", None),
+        *[(c, "str" if c in ("host", "python", "platform", "level", "leakyspanner_version") else "int", c)
+          for c in _HEADER_COLUMNS[:7]],
+        ("start", "time", None), ("start_ts", "float", None), ("end_ts", "float", None),
+        ("duration_s", "float", None),
+        *[(c, "int", None) for c in ("baseline_rss_bytes", "peak_rss_bytes", "final_rss_bytes",
+                                     "net_growth_bytes", "requests_total", "requests_dropped",
+                                     "internal_errors", "cgroup_memory_limit_bytes")],
+        ("complete", "strictbool", None), ("interval_seconds", "float", None),
+        ("leak_threshold_mb", "float", None),
+    ],
+    "samples": _record_spec("sample"),
+    "tasks": [("session_id", "str", None), ("ts", "float", None), ("elapsed_s", "float", None),
+              ("coro", "str", None), ("tasks", "int", None)],
+    "intervals": _record_spec("endpoint_interval"),
+    "snapshots": _record_spec("snapshot"),
+    "sites": [("session_id", "str", None), ("snapshot_seq", "int", None), ("ts", "float", None),
+              ("elapsed_s", "float", None), ("file", "str", None), ("line", "int", None),
+              ("site", "str", None),
+              *[(name, "int", None) for name in schema.SITE_FIELDS if name not in ("file", "line")]],
+    "traces": [("session_id", "str", None), ("snapshot_seq", "int", None), ("ts", "float", None),
+               ("elapsed_s", "float", None), ("rank", "int", None), ("size_bytes", "int", None),
+               ("count", "int", None), ("site", "str", None), ("traceback", "str", None)],
+    "alerts": _record_spec("alert"),
+    "events": _record_spec("event"),
+    "endpoints": [("session_id", "str", None), *[(n, _unit_type(n), n) for n in _ENDPOINT_FIELDS]],
+}
+_REQUEST_SPEC = [("session_id", "str"), *[(n, _unit_type(n)) for n in schema.REQUEST_FIELDS],
+                 ("time", "time"), ("elapsed_s", "float"),
+                 *[(delta, "int") for delta, _, _ in _REQUEST_DELTAS]]
+# Record kind -> frame, for kinds that become one row per record.
+_RECORD_FRAMES = {"sample": "samples", "endpoint_interval": "intervals", "snapshot": "snapshots",
+                  "alert": "alerts", "event": "events"}
+
+
+# ------------------------------------------------------------- typed columns
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    try:
+        return np.array(values, dtype=np.float64)  # None becomes NaN
+    except (TypeError, ValueError):
+        coerced = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce")
+        return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _column(values: Sequence[Any], kind: str) -> Any:
+    """One typed column; values of the wrong type become null rather than failing the load."""
+    if kind == "float":
+        return _floats(values)
+    if kind == "int":
+        # Through float64: exact below 2**53 bytes, and null-safe in one vectorised pass.
+        as_float = _floats(values)
+        missing = ~np.isfinite(as_float)
+        return pd.arrays.IntegerArray(np.where(missing, 0, np.rint(as_float)).astype(np.int64), missing)
+    if kind == "time":
+        return pd.to_datetime(_floats(values), unit="s", utc=True).as_unit("ns").array
+    if kind == "bool":
+        return pd.array([v if isinstance(v, bool) else None for v in values], dtype="boolean")
+    if kind == "strictbool":
+        return np.array(values, dtype=bool)
+    if kind == "category":
+        return pd.Categorical(np.asarray(values, dtype=object) if len(values) else [])
+    return pd.array([v if v is None or isinstance(v, str) else str(v) for v in values], dtype=_STR)
+
+
+def _frame(spec: Sequence[tuple[str, str, Any]], raw: dict[str, list[Any]]) -> pd.DataFrame:
+    data = {}
+    for name, kind, _ in spec:
+        data[name] = _column(raw["ts"] if kind == "time" and name == "time" else raw[name], kind)
+    return pd.DataFrame(data, columns=[name for name, _, _ in spec])
+
+
+def _minus(a: Any, b: Any) -> float | None:
+    real = (int, float)
+    if isinstance(a, real) and isinstance(b, real) and not isinstance(a, bool):
+        return a - b
+    return None
+
+
+def _value(record: dict[str, Any], key: Any) -> Any:
+    if isinstance(key, tuple):
+        values = record.get(key[0])
+        return values[key[1]] if isinstance(values, list) and len(values) > key[1] else None
+    return record.get(key)
+
+
+# ------------------------------------------------------------------- parsing
+
+@dataclass
+class _Parsed:
+    """One file's content in schema vocabulary, whichever format it came from."""
+
+    format: str
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+    requests: dict[str, Sequence[Any]]
+    skipped: list[tuple[int, str]]
+
+
+def _loads_or_none(line: bytes) -> Any:
+    try:
+        return _loads(line)
+    except ValueError:
+        return None
+
+
+def _request_rows(lines: list[bytes], width: int) -> tuple[list[list[Any]], list[tuple[int, str]]]:
+    """Parse every request line, in one ``loads`` call when the file is clean."""
+    try:
+        rows = _loads(b"[" + b",".join([ln for ln in lines if ln.startswith(_REQUEST_PREFIX)]) + b"]")
+        if all(n == width for n in set(map(len, rows))):
+            return rows, []
+    except (ValueError, TypeError):
+        pass
+    # Something is off: go chunk by chunk, line by line only inside a bad chunk.
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.startswith(_REQUEST_PREFIX)]
+    rows, skipped = [], []
+    for start in range(0, len(numbered), _CHUNK_LINES):
+        chunk = numbered[start:start + _CHUNK_LINES]
+        try:
+            parsed = _loads(b"[" + b",".join([ln for _, ln in chunk]) + b"]")
+        except ValueError:
+            parsed = [_loads_or_none(ln) for _, ln in chunk]
+        for (number, _), row in zip(chunk, parsed):
+            if not isinstance(row, list):
+                skipped.append((number, "not valid JSON"))
+            elif len(row) != width:
+                skipped.append((number, f"request record has {len(row) - 1} values, the header names {width - 1}"))
+            else:
+                rows.append(row)
+    return rows, skipped
+
+
+def _parse_jsonl(path: Path, data: bytes) -> _Parsed:
+    lines = data.split(b"\n")
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    header = _loads_or_none(lines[first]) if first is not None else None
+    if not (isinstance(header, dict) and header.get("kind") == "header"
+            and header.get("format") == schema.FORMAT_NAME):
+        raise errors.NotALogError(
+            f"{path} is not a leakyspanner log: its first line is not a {schema.FORMAT_NAME} header")
+    version = header.get("schema_version")
+    if isinstance(version, int) and version > schema.SCHEMA_VERSION:
+        raise errors.SchemaVersionError(
+            f"{path} was written with schema version {version}, but this leakyspanner reads "
+            f"schema version {schema.SCHEMA_VERSION} and older; upgrade leakyspanner to load it.")
+    lines[first] = b""
+    skipped: list[tuple[int, str]] = []
+    if lines[-1].strip() and _loads_or_none(lines[-1]) is None:
+        # No newline at the end: the writer was cut off mid-record.
+        skipped.append((len(lines), "torn last line"))
+        lines[-1] = b""
+
+    names = header.get("request_fields")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = list(schema.REQUEST_FIELDS)
+    rows, bad = _request_rows(lines, 1 + len(names))
+    skipped += bad
+    columns = list(zip(*rows)) if rows else [() for _ in range(len(names) + 1)]
+    requests = dict(zip(names, columns[1:]))
+
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line or line.startswith(_REQUEST_PREFIX) or not line.strip():
+            continue
+        record = _loads_or_none(line)
+        if isinstance(record, dict):
+            records.append(record)
+        elif not isinstance(record, list):  # other arrays are future record kinds: ignored
+            skipped.append((number, "not valid JSON" if record is None else "not a record"))
+    skipped.sort()
+    return _Parsed(_JSONL, header, records, requests, skipped)
+
+
+def _parse_file(path: Path) -> _Parsed:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise errors.NotALogError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    start = re.match(rb"\s*", data).end()  # type: ignore[union-attr]
+    if data[start:start + 1] == b"{":
+        return _parse_jsonl(path, data)
+    log = legacy.parse_legacy(data.decode("utf-8", errors="replace"), stem=path.stem,
+                              fallback_start_ts=path.stat().st_mtime)
+    if log is None:
+        raise errors.NotALogError(f"{path} is not a leakyspanner log: no line of it is in a leakyspanner format")
+    return _Parsed(_LEGACY, log.header, log.records, log.requests, log.skipped)
+
+
+# ------------------------------------------------------------------ assembly
+
+class _Collector:
+    """Accumulates raw column lists across files; frames are typed once, at the end."""
+
+    def __init__(self) -> None:
+        self.raw = {name: {column: [] for column, _, _ in spec} for name, spec in _SPECS.items()}
+        self.requests: list[pd.DataFrame] = []
+        self.skipped: list[tuple[str, int, str]] = []
+
+    def _row(self, frame: str, **values: Any) -> None:
+        for column, store in self.raw[frame].items():
+            store.append(values.get(column))
+
+    def _record(self, frame: str, sid: str, start_ts: Any, record: dict[str, Any]) -> None:
+        ts = record.get("ts")
+        for column, _, key in _SPECS[frame]:
+            if key is not None:
+                self.raw[frame][column].append(_value(record, key))
+        self.raw[frame]["session_id"].append(sid)
+        self.raw[frame]["elapsed_s"].append(_minus(ts, start_ts))
+        self.raw[frame]["time"].append(None)  # filled from ts when typed
+
+    def add(self, path: Path, parsed: _Parsed) -> None:
+        header = parsed.header
+        sid = str(header.get("session_id") or path.stem)
+        while sid in self.raw["sessions"]["session_id"]:  # the same session copied elsewhere
+            sid += "'"
+        start_ts = header.get("start_ts")
+        by_kind: dict[Any, list[dict[str, Any]]] = {}
+        for record in parsed.records:
+            by_kind.setdefault(record.get("kind"), []).append(record)
+        for kind, frame in _RECORD_FRAMES.items():
+            for record in by_kind.get(kind, ()):
+                self._record(frame, sid, start_ts, record)
+        self._add_details(sid, start_ts, by_kind)
+        n_requests = self._add_requests(sid, start_ts, parsed.requests)
+        self._add_session(path, sid, parsed, by_kind, n_requests)
+        self.skipped += [(str(path), number, reason) for number, reason in parsed.skipped]
+
+    def _add_details(self, sid: str, start_ts: Any, by_kind: dict[Any, list[dict[str, Any]]]) -> None:
+        for sample in by_kind.get("sample", ()):
+            ts = sample.get("ts")
+            coros = sample.get("asyncio_tasks_by_coro")
+            for coro, tasks in (coros.items() if isinstance(coros, dict) else ()):
+                self._row("tasks", session_id=sid, ts=ts, elapsed_s=_minus(ts, start_ts), coro=coro, tasks=tasks)
+        for snapshot in by_kind.get("snapshot", ()):
+            ts, seq = snapshot.get("ts"), snapshot.get("seq")
+            common = {"session_id": sid, "snapshot_seq": seq, "ts": ts, "elapsed_s": _minus(ts, start_ts)}
+            names = snapshot.get("site_fields") or schema.SITE_FIELDS
+            for site in snapshot.get("sites") or ():
+                values = dict(zip(names, site)) if isinstance(site, list) else {}
+                self._row("sites", **common, **values, site=f"{values.get('file')}:{values.get('line')}")
+            for rank, trace in enumerate(snapshot.get("traces") or (), 1):
+                frames = trace.get("frames") if isinstance(trace, dict) else None
+                labels = [f"{f[0]}:{f[1]}" for f in frames or () if isinstance(f, list) and len(f) == 2]
+                self._row("traces", **common, rank=rank, size_bytes=trace.get("size_bytes"),
+                          count=trace.get("count"), site=labels[0] if labels else None,
+                          traceback=" <- ".join(labels) if labels else None)
+        summaries = by_kind.get("summary")
+        for endpoint in (summaries[-1].get("endpoints") or ()) if summaries else ():
+            if isinstance(endpoint, dict):
+                self._row("endpoints", session_id=sid, **endpoint)
+
+    def _add_requests(self, sid: str, start_ts: Any, columns: dict[str, Sequence[Any]]) -> int:
+        n = len(next(iter(columns.values()), ()))
+        data: dict[str, Any] = {"session_id": pd.array(np.full(n, sid, dtype=object), dtype=_STR)}
+        for name, kind in _REQUEST_SPEC[1:1 + len(schema.REQUEST_FIELDS)]:
+            data[name] = _column(columns.get(name) or [None] * n, kind)
+        ts = data["ts"]
+        data["time"] = _column(ts, "time")
+        data["elapsed_s"] = ts - (start_ts if isinstance(start_ts, (int, float)) else np.nan)
+        for delta, before, after in _REQUEST_DELTAS:
+            given = columns.get(delta)  # the human log knows deltas but not before/after
+            data[delta] = _column(given, "int") if given is not None else data[after] - data[before]
+        self.requests.append(pd.DataFrame(data))
+        return n
+
+    def _add_session(self, path: Path, sid: str, parsed: _Parsed,
+                     by_kind: dict[Any, list[dict[str, Any]]], n_requests: int) -> None:
+        header = parsed.header
+        start_ts = header.get("start_ts")
+        samples = by_kind.get("sample", [])
+        summaries = by_kind.get("summary", [])
+        summary = summaries[-1] if summaries else {}
+        # Incomplete sessions (still running, or killed) get their totals from what was written.
+        known = {}
+        rss = [s["rss_bytes"] for s in samples if isinstance(s.get("rss_bytes"), (int, float))]
+        last = samples[-1] if samples else {}
+        known["peak_rss_bytes"] = max(rss) if rss else None
+        known["final_rss_bytes"] = rss[-1] if rss else None
+        for name in ("requests_total", "requests_dropped", "internal_errors"):
+            known[name] = last.get(name)
+        if known["requests_total"] is None and parsed.format == _JSONL:
+            known["requests_total"] = n_requests
+        ts_seen = [r.get("ts") for r in parsed.records if isinstance(r.get("ts"), (int, float))]
+        if n_requests:
+            ts_seen.append(float(np.nanmax(_floats(parsed.requests.get("ts") or [np.nan]))))
+        end_ts = summary.get("ts") if summary.get("ts") is not None else max(ts_seen, default=None)
+        row = {name: header.get(name) for name in _HEADER_COLUMNS}
+        for name in _SUMMARY_COLUMNS:
+            row[name] = summary.get(name) if summary.get(name) is not None else known.get(name)
+        if row["baseline_rss_bytes"] is None:
+            row["baseline_rss_bytes"] = summary.get("baseline_rss_bytes")
+        if row["net_growth_bytes"] is None:
+            row["net_growth_bytes"] = _minus(row["final_rss_bytes"], row["baseline_rss_bytes"])
+        if row["duration_s"] is None:
+            row["duration_s"] = _minus(end_ts, start_ts)
+        config = header.get("config") if isinstance(header.get("config"), dict) else {}
+        threshold_mb = config.get("leak_threshold_mb")
+        if threshold_mb is None and isinstance(config.get("leak_threshold_bytes"), (int, float)):
+            threshold_mb = config["leak_threshold_bytes"] / _MB
+        interval = config.get("interval_seconds", config.get("interval_s"))
+        self._row("sessions", **row, session_id=sid, path=str(path), format=parsed.format, start=start_ts,
+                  start_ts=start_ts, end_ts=end_ts, complete=bool(summaries),
+                  interval_seconds=interval, leak_threshold_mb=threshold_mb)
+        # The sessions frame types "start" from its own raw list, not from "ts".
+        self.raw["sessions"]["ts"] = self.raw["sessions"]["start"]
+
+    def build(self) -> Sessions:
+        frames = {}
+        for name, spec in _SPECS.items():
+            frames[name] = _frame(spec, self.raw[name])
+        frames["sessions"]["start"] = _column(self.raw["sessions"]["start"], "time")
+        frames["requests"] = _concat_requests(self.requests)
+        return Sessions(**frames, skipped=self.skipped)
+
+
+def _concat_requests(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if not parts:
+        return _frame([(name, kind, None) for name, kind in _REQUEST_SPEC],
+                      {name: [] for name, _ in _REQUEST_SPEC})
+    if len(parts) == 1:
+        return parts[0]
+    frame = pd.concat(parts, ignore_index=True)
+    for name in _CATEGORICAL:  # categories differ between sessions: concat fell back to strings
+        if not isinstance(frame[name].dtype, pd.CategoricalDtype):
+            frame[name] = frame[name].astype("category")
+    return frame
+
+
+# --------------------------------------------------------------- the result
+
+def _subset(frame: pd.DataFrame, keep: Any) -> pd.DataFrame:
+    out = frame[keep].reset_index(drop=True)
+    for name in out.columns:
+        if isinstance(out[name].dtype, pd.CategoricalDtype):
+            out[name] = out[name].cat.remove_unused_categories()
+    return out
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Sessions:
+    """Loaded sessions as tidy DataFrames, each starting with a ``session_id`` column.
+
+    Frozen so a selection can never be mistaken for the whole: :meth:`select`
+    and :meth:`between` return new objects.
+    """
+
+    sessions: pd.DataFrame
+    samples: pd.DataFrame
+    tasks: pd.DataFrame
+    requests: pd.DataFrame
+    intervals: pd.DataFrame
+    snapshots: pd.DataFrame
+    sites: pd.DataFrame
+    traces: pd.DataFrame
+    alerts: pd.DataFrame
+    events: pd.DataFrame
+    endpoints: pd.DataFrame
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def _frames(self) -> Iterator[tuple[str, pd.DataFrame]]:
+        for f in fields(self):
+            if f.name != "skipped":
+                yield f.name, getattr(self, f.name)
+
+    @property
+    def session_ids(self) -> list[str]:
+        """Session ids in load order."""
+        return [str(s) for s in self.sessions["session_id"]]
+
+    def select(self, *session_ids: str) -> Sessions:
+        """Only the named sessions, in every frame."""
+        known = self.session_ids
+        unknown = [s for s in session_ids if s not in known]
+        if not session_ids or unknown:
+            raise ValueError(f"select() takes ids of loaded sessions; unknown: {unknown or 'none given'}, "
+                             f"loaded: {', '.join(known)}")
+        frames = {name: _subset(frame, frame["session_id"].isin(session_ids)) for name, frame in self._frames()}
+        paths = set(frames["sessions"]["path"])
+        return replace(self, **frames, skipped=[s for s in self.skipped if s[0] in paths])
+
+    def between(self, start_s: float | None = None, end_s: float | None = None) -> Sessions:
+        """Rows with ``start_s <= elapsed_s <= end_s`` (either bound optional) in every timed frame."""
+        frames = {}
+        for name, frame in self._frames():
+            if "elapsed_s" in frame.columns:
+                keep = np.ones(len(frame), dtype=bool)
+                if start_s is not None:
+                    keep &= (frame["elapsed_s"] >= start_s).to_numpy()
+                if end_s is not None:
+                    keep &= (frame["elapsed_s"] <= end_s).to_numpy()
+                frames[name] = _subset(frame, keep)
+        return replace(self, **frames)
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def __repr__(self) -> str:
+        ids = self.session_ids
+        named = ", ".join(ids[:3]) + (f", ... (+{len(ids) - 3})" if len(ids) > 3 else "")
+        counts = ", ".join(f"{len(getattr(self, name)):,} {name}"
+                           for name in ("samples", "requests", "snapshots", "alerts"))
+        skipped = f", {len(self.skipped)} skipped lines" if self.skipped else ""
+        return f"<Sessions {len(self)} [{named}]: {counts}{skipped}>"
+
+
+# ------------------------------------------------------------------- loading
+
+def _expand_dir(path: Path) -> list[Path]:
+    candidates = sorted([*path.glob("*"), *path.glob("*/*")])
+    suffixes = (schema.JSONL_SUFFIX, schema.LOG_SUFFIX)
+    return [p for p in candidates if p.suffix in suffixes and p.is_file()]
+
+
+def _expand(source: str | os.PathLike[str]) -> list[tuple[Path, bool]]:
+    """(path, named explicitly) pairs: a file someone named must be a log; found ones may not be."""
+    path = Path(source)
+    if path.is_dir():
+        found = _expand_dir(path)
+        if not found:
+            raise errors.NotALogError(f"{path} holds no leakyspanner session: no {schema.JSONL_SUFFIX} "
+                                      f"or {schema.LOG_SUFFIX} file in it or its subdirectories")
+        return [(p, False) for p in found]
+    if path.is_file():
+        return [(path, True)]
+    pattern = os.fspath(source)
+    if re.search(r"[*?[]", pattern):
+        matches: list[Path] = []
+        for match in sorted(glob.glob(pattern, recursive=True)):
+            matches += _expand_dir(Path(match)) if os.path.isdir(match) else [Path(match)]
+        if not matches:
+            raise errors.NotALogError(f"no leakyspanner log matches {pattern!r}")
+        return [(p, False) for p in matches]
+    raise errors.NotALogError(f"{path} does not exist")
+
+
+def _collect(source: Source) -> list[tuple[Path, bool]]:
+    if isinstance(source, (str, os.PathLike)):
+        found = _expand(source)
+    elif isinstance(source, Iterable) and not isinstance(source, bytes):
+        found = [pair for item in source for pair in _collect(item)]
+        if not found:
+            raise errors.NotALogError("load() was given an empty list of paths")
+    else:
+        raise TypeError(f"load() takes a path, a glob or a list of them, not {type(source).__name__}")
+    unique: dict[Path, tuple[Path, bool]] = {}
+    for path, explicit in found:
+        key = path.resolve()
+        unique[key] = (path, explicit or unique.get(key, (path, False))[1])
+    # A .log beside a .jsonl of the same stem repeats it with less detail.
+    with_jsonl = {(key.parent, key.stem) for key in unique if key.suffix == schema.JSONL_SUFFIX}
+    return [pair for key, pair in unique.items()
+            if not (key.suffix == schema.LOG_SUFFIX and (key.parent, key.stem) in with_jsonl)]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Parsing creates millions of containers; generational GC passes over them cost more than the parse."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _warn(skipped: list[tuple[str, int, str]]) -> None:
+    by_file: dict[str, list[str]] = {}
+    for path, number, reason in skipped:
+        by_file.setdefault(path, []).append(f"{number} ({reason})")
+    parts = []
+    for path, items in by_file.items():
+        more = f" and {len(items) - _SHOWN_LINES} more" if len(items) > _SHOWN_LINES else ""
+        parts.append(f"{path} line{'s' if len(items) > 1 else ''} {', '.join(items[:_SHOWN_LINES])}{more}")
+    warnings.warn(f"leakyspanner skipped {len(skipped)} unreadable line{'s' if len(skipped) > 1 else ''} "
+                  f"and loaded the rest: {'; '.join(parts)}", LoadWarning, stacklevel=3)
+
+
+def load(source: Source, *, warn: bool = True) -> Sessions:
+    """Load sessions from a file, a directory, a glob, or a list of them.
+
+    Raises :class:`~leakyspanner.errors.NotALogError` when nothing there is a
+    leakyspanner session (or a file named explicitly is not one) and
+    :class:`~leakyspanner.errors.SchemaVersionError` for files from a newer
+    leakyspanner. Unreadable lines are skipped and, with ``warn``, reported in
+    one :class:`LoadWarning`.
+    """
+    collector = _Collector()
+    with _gc_paused():
+        for path, explicit in _collect(source):
+            try:
+                parsed = _parse_file(path)
+            except errors.NotALogError as exc:
+                if explicit:
+                    raise
+                if path.name.startswith(schema.STEM_PREFIX):  # ours by name, yet unreadable: say so
+                    collector.skipped.append((str(path), 1, str(exc).removeprefix(f"{path} ")))
+                continue
+            collector.add(path, parsed)
+        if not collector.raw["sessions"]["session_id"]:
+            raise errors.NotALogError(f"no leakyspanner session found in {os.fspath(source) if isinstance(source, (str, os.PathLike)) else list(source)}")
+        sessions = collector.build()
+    if warn and sessions.skipped:
+        _warn(sessions.skipped)
+    return sessions

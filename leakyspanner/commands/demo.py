@@ -1,0 +1,135 @@
+"""``leakyspanner demo``: profile the bundled leaking app under traffic and show what was found."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..schema import LEVELS, SCHEMA_VERSION, SITE_FIELDS
+
+__all__ = ["add_arguments", "last_snapshot_sites", "run", "summary_block"]
+
+_SUMMARY_TITLE = "LEAKYSPANNER SESSION SUMMARY"
+_TOP_SITES = 5
+_MB = 1024 * 1024
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long to send traffic (default 30)")
+    parser.add_argument("--fixed", action="store_true", help="run the fixed app (bounded caches) instead")
+    parser.add_argument("--level", choices=LEVELS, default="mid", help="capture level (default mid)")
+    parser.add_argument("--log-dir", default="./leakyspanner_logs/demo",
+                        help="where the session files go (default ./leakyspanner_logs/demo)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+
+
+def summary_block(log_text: str) -> list[str]:
+    """The human log's summary: from the rule above ``LEAKYSPANNER SESSION SUMMARY`` to the end."""
+    lines = log_text.rstrip("\n").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == _SUMMARY_TITLE:
+            start = i - 1 if i > 0 and set(lines[i - 1].strip()) == {"="} else i
+            return lines[start:]
+    return []
+
+
+def last_snapshot_sites(jsonl_path: str | os.PathLike[str], limit: int = _TOP_SITES) -> list[dict[str, Any]]:
+    """Top ``limit`` allocation sites by size in the file's last snapshot ([] when it has none)."""
+    from ..errors import SchemaVersionError
+
+    last: dict[str, Any] | None = None
+    with open(jsonl_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.startswith("{"):
+                continue  # request records are arrays
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn last line
+            kind = record.get("kind")
+            if kind == "header" and int(record.get("schema_version") or 0) > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{jsonl_path} has schema_version {record['schema_version']}, newer than this "
+                    f"leakyspanner reads ({SCHEMA_VERSION}); upgrade leakyspanner"
+                )
+            if kind == "snapshot":
+                last = record
+    if last is None:
+        return []
+    fields = last.get("site_fields") or list(SITE_FIELDS)
+    sites = [dict(zip(fields, row)) for row in last.get("sites") or ()]
+    sites.sort(key=lambda site: site.get("size_bytes") or 0, reverse=True)
+    return sites[:limit]
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _print_sites(jsonl: Path) -> None:
+    sites = last_snapshot_sites(jsonl)
+    if not sites:
+        print("  (no allocation snapshot in this session: level basic, or auto that never triggered)")
+        return
+    print(f"  Top allocation sites, last snapshot ({jsonl.name}):")
+    for site in sites:
+        size = (site.get("size_bytes") or 0) / _MB
+        growth = (site.get("size_diff_bytes") or 0) / _MB
+        print(f"    {size:8.2f} MB  {growth:+7.2f} MB since previous  "
+              f"{site.get('count', 0):>7} blocks  {_short(str(site.get('file')))}:{site.get('line')}")
+
+
+def _print_verdict(jsonl_files: Sequence[Path]) -> None:
+    """The analysis verdict, when that module is installed; nothing otherwise."""
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("leakyspanner.analysis.diagnose") is None:
+            return
+        module = importlib.import_module("leakyspanner.analysis.diagnose")
+    except Exception:  # analysis extra missing or not built yet
+        return
+    diagnose = getattr(module, "diagnose", None)
+    format_verdict = getattr(module, "format_verdict", None)
+    if not callable(diagnose) or not callable(format_verdict):
+        return
+    for jsonl in jsonl_files:
+        try:
+            text = format_verdict(diagnose(jsonl))
+        except Exception as exc:
+            print(f"\n  (no verdict for {jsonl.name}: {type(exc).__name__}: {exc})")
+            continue
+        print(f"\nVerdict for {jsonl.name}:")
+        print(str(text).rstrip("\n"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo.runner import run_demo
+
+    result = run_demo(seconds=args.seconds, fixed=args.fixed, level=args.level,
+                      log_dir=args.log_dir, workers=args.workers)
+    print(f"Session files in {result.log_dir}:")
+    for path in [*result.jsonl_files, *result.log_files]:
+        print(f"  {path.name}")
+    for log in result.log_files:
+        block = summary_block(log.read_text(encoding="utf-8", errors="replace"))
+        print(f"\n{log.name}:")
+        print("\n".join(block) if block else "  (no summary: the server did not shut down cleanly)")
+    for jsonl in result.jsonl_files:
+        print()
+        _print_sites(jsonl)
+    _print_verdict(result.jsonl_files)
+    if result.traffic:
+        counts = ", ".join(f"{k}={v}" for k, v in result.traffic.get("by_endpoint", {}).items())
+        print(f"\nTraffic: {result.traffic.get('requests', 0)} requests ({counts}); "
+              f"{result.traffic.get('errors', 0)} errors")
+    return 0

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up a fresh machine (venv, dev extras, Debian's chromium for the UI tests) and run the checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+if ! command -v chromium >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk >/dev/null
+  fi
+fi
+.venv/bin/ruff check leakyspanner tests benchmarks sample_logs
+.venv/bin/mypy
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

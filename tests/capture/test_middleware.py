@@ -1,0 +1,200 @@
+"""The middleware is a pure spectator: same bytes, same errors, one record per request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+import httpx
+import pytest
+from capture_files import only_session, read_jsonl
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+
+from leakyspanner import LeakyspannerMiddleware, Profiler, leakyspanner
+from leakyspanner.schema import UNMATCHED_ROUTE
+
+
+def _client(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def _make_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int):
+        return {"id": item_id}
+
+    @app.post("/echo")
+    async def echo(request: Request):
+        body = await request.body()
+        return Response(body, status_code=201, headers={"x-custom": "kept", "set-cookie": "a=1"},
+                        media_type="application/octet-stream")
+
+    @app.get("/boom")
+    async def boom():
+        raise KeyError("the original")
+
+    return app
+
+
+async def _exchange(app, calls):
+    async with _client(app) as client:
+        return [await client.request(*call[:2], **(call[2] if len(call) > 2 else {})) for call in calls]
+
+
+def test_responses_are_byte_for_byte_identical_with_and_without_profiler(tmp_path):
+    calls = [("GET", "/items/7"), ("POST", "/echo", {"content": bytes(range(256)) * 40}),
+             ("GET", "/missing/path")]
+    bare = asyncio.run(_exchange(_make_app(), calls))
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        watched = asyncio.run(_exchange(app, calls))
+    finally:
+        profiler.stop()
+    for a, b in zip(bare, watched):
+        assert (a.status_code, a.content, a.headers.multi_items()) == (b.status_code, b.content, b.headers.multi_items())
+
+
+def test_one_record_per_request_with_route_template_status_and_rss(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="mid")
+    try:
+        asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(5)] + [("POST", "/echo", {"content": b"x"})]))
+    finally:
+        profiler.stop()
+    records = read_jsonl(profiler.jsonl_file)
+    requests = records["request"]
+    assert [(r["method"], r["route"], r["status"]) for r in requests] == (
+        [("GET", "/items/{item_id}", 200)] * 5 + [("POST", "/echo", 201)])
+    for r in requests:
+        assert r["rss_before_bytes"] > 1_000_000 and r["rss_after_bytes"] > 1_000_000
+        assert r["traced_before_bytes"] is not None and r["traced_after_bytes"] is not None
+        assert 0 <= r["duration_s"] < 5
+        assert r["inflight_start"] == 1 and r["inflight_end"] == 1
+    summary = records["summary"][0]
+    assert {(e["method"], e["route"], e["calls"]) for e in summary["endpoints"]} == {
+        ("GET", "/items/{item_id}", 5), ("POST", "/echo", 1)}
+
+
+def test_app_exception_propagates_untouched_and_is_recorded_as_500(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        with pytest.raises(KeyError, match="the original"):
+            asyncio.run(_exchange(app, [("GET", "/boom")]))
+    finally:
+        profiler.stop()
+    [record] = read_jsonl(profiler.jsonl_file)["request"]
+    assert (record["route"], record["status"]) == ("/boom", 500)
+
+
+def test_raw_paths_never_become_keys(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        asyncio.run(_exchange(app, [("GET", f"/no/such/{i}") for i in range(200)]
+                              + [("BREW", "/items/1")]))
+    finally:
+        profiler.stop()
+    records = read_jsonl(profiler.jsonl_file)
+    assert {(r["method"], r["route"]) for r in records["request"]} == {
+        ("GET", UNMATCHED_ROUTE), ("OTHER", "/items/{item_id}")}
+
+
+def test_mounted_apps_are_named_by_full_template(tmp_path):
+    async def plain(request):
+        return PlainTextResponse("plain")
+
+    sub = FastAPI()
+
+    @sub.get("/items/{item_id}")
+    async def sub_item(item_id: int):
+        return {"id": item_id}
+
+    app = FastAPI()
+    app.mount("/api", sub)
+    app.mount("/t/{tenant}", Starlette(routes=[Route("/page/{n}", plain)]))
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        responses = asyncio.run(_exchange(app, [("GET", "/api/items/3"), ("GET", "/t/acme/page/2"),
+                                                ("GET", "/t/other%0Aline/page/2")]))
+    finally:
+        profiler.stop()
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    routes = [r["route"] for r in read_jsonl(profiler.jsonl_file)["request"]]
+    assert routes == ["/api/items/{item_id}", "/t/{tenant}/page/{n}", "/t/{tenant}/page/{n}"]
+
+
+def test_plain_starlette_routes_are_named(tmp_path):
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/hello/{name}", hello), Mount("/m", routes=[Route("/x", hello)])])
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        asyncio.run(_exchange(app, [("GET", "/hello/bob"), ("GET", "/m/x")]))
+    finally:
+        profiler.stop()
+    assert [r["route"] for r in read_jsonl(profiler.jsonl_file)["request"]] == ["/hello/{name}", "/m/x"]
+
+
+def test_contextvars_and_background_tasks_keep_working(tmp_path):
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    done: list[str] = []
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def set_var(request, call_next):
+        var.set("from-middleware")
+        return await call_next(request)
+
+    @app.get("/ctx")
+    async def ctx(background: BackgroundTasks):
+        background.add_task(lambda: done.append(var.get()))
+        return {"var": var.get()}
+
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        [response] = asyncio.run(_exchange(app, [("GET", "/ctx")]))
+    finally:
+        profiler.stop()
+    assert response.json() == {"var": "from-middleware"}
+    assert done == ["from-middleware"]
+
+
+def test_middleware_on_plain_asgi_app_passes_other_scopes_through(tmp_path):
+    seen = []
+
+    async def raw_app(scope, receive, send):
+        seen.append(scope["type"])
+
+    profiler = Profiler(raw_app, log_path=tmp_path, level="basic")
+    wrapped = LeakyspannerMiddleware(raw_app, profiler)
+
+    async def nothing():
+        return {}
+
+    async def sink(message):
+        pass
+
+    asyncio.run(wrapped({"type": "custom"}, nothing, sink))
+    assert seen == ["custom"]
+    assert not profiler.active and not list(tmp_path.iterdir())
+
+
+def test_request_records_stay_small(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="mid")
+    try:
+        asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(50)]))
+    finally:
+        profiler.stop()
+    jsonl, _ = only_session(tmp_path)
+    lines = [line for line in jsonl.read_text().splitlines() if line.startswith('["r"')]
+    assert len(lines) == 50
+    assert max(len(line) + 1 for line in lines) <= 140
