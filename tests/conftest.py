@@ -56,10 +56,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.directory = directory
         full_env = {**os.environ, "PYTHONPATH": f"{directory}{os.pathsep}{ROOT}", **(env or {})}
+        # Output goes to a file: a pipe nobody drains fills up and blocks the server.
+        self._log_path = directory / f".{module}-{self.port}.out"
+        self._log = open(self._log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", f"{module}:app", "--host", "127.0.0.1",
              "--port", str(self.port), "--no-access-log", *extra_args],
-            cwd=directory, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=directory, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, text=True,
         )
         self.output = ""
         self._wait_ready()
@@ -68,7 +71,7 @@ class Server:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.proc.stdout.read()}")  # type: ignore[union-attr]
+                raise RuntimeError(f"server exited early:\n{self._log_path.read_text()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                 return
             time.sleep(0.05)
@@ -83,9 +86,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None and not self.proc.stdout.closed:
-            self.output += self.proc.stdout.read()
-            self.proc.stdout.close()
+        if not self._log.closed:
+            self._log.close()
+        self.output = self._log_path.read_text()
         return self.output
 
 

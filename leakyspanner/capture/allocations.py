@@ -15,8 +15,9 @@ from typing import Any
 
 __all__ = ["SiteTracker"]
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OWN_PREFIXES = (_PACKAGE_DIR, tracemalloc.__file__)
+# Only the capture side's own files: the bundled demo app's leaks must stay visible.
+_CAPTURE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_OWN_PREFIXES = (_CAPTURE_DIR, tracemalloc.__file__)
 _Site = tuple[str, int]
 
 
