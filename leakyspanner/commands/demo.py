@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,27 @@ _TOP_SITES = 5
 _MB = 1024 * 1024
 
 
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a {kind.__name__} > 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=30.0, help="how long to send traffic (default 30)")
+    parser.add_argument("--seconds", type=_positive(float), default=30.0,
+                        help="how long to send traffic (default 30)")
     parser.add_argument("--fixed", action="store_true", help="run the fixed app (bounded caches) instead")
     parser.add_argument("--level", choices=LEVELS, default="mid", help="capture level (default mid)")
     parser.add_argument("--log-dir", default="./leakyspanner_logs/demo",
                         help="where the session files go (default ./leakyspanner_logs/demo)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--workers", type=_positive(int), default=1, help="uvicorn worker processes (default 1)")
 
 
 def summary_block(log_text: str) -> list[str]:
@@ -88,7 +102,7 @@ def _print_sites(jsonl: Path) -> None:
 
 
 def _print_verdict(jsonl_files: Sequence[Path]) -> None:
-    """The analysis verdict, when that module is installed; nothing otherwise."""
+    """The analysis verdict per session, when that module is installed; nothing otherwise."""
     import importlib
     import importlib.util
 
@@ -96,20 +110,21 @@ def _print_verdict(jsonl_files: Sequence[Path]) -> None:
         if importlib.util.find_spec("leakyspanner.analysis.diagnose") is None:
             return
         module = importlib.import_module("leakyspanner.analysis.diagnose")
+        from ..analysis import load
     except Exception:  # analysis extra missing or not built yet
         return
     diagnose = getattr(module, "diagnose", None)
     format_verdict = getattr(module, "format_verdict", None)
     if not callable(diagnose) or not callable(format_verdict):
         return
-    for jsonl in jsonl_files:
-        try:
-            text = format_verdict(diagnose(jsonl))
-        except Exception as exc:
-            print(f"\n  (no verdict for {jsonl.name}: {type(exc).__name__}: {exc})")
-            continue
-        print(f"\nVerdict for {jsonl.name}:")
-        print(str(text).rstrip("\n"))
+    try:
+        sessions = load(list(jsonl_files))
+        texts = [str(format_verdict(diagnose(sessions, sid))) for sid in sessions.session_ids]
+    except Exception as exc:
+        print(f"\n  (no verdict: {type(exc).__name__}: {exc})")
+        return
+    for text in texts:
+        print("\nVerdict: " + text.rstrip("\n"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@
 * ``GET /search`` caches a ~16 KB rendered preview under every distinct query,
   never evicting (the fixed app uses an LRU of 100 entries).
 
-Both allocation sites are single lines marked ``# LEAK:``; they are the
+Both allocation sites are single lines with a ``LEAK`` comment; they are the
 file:line a leakyspanner snapshot points at. ``GET /report`` is the decoy: it
 allocates 2-5 MB per call and frees it all, which makes naive per-request
 memory deltas look worse than the real leakers'.

@@ -2,8 +2,11 @@
 
 The mix mirrors a real service: ``/health`` is by far the busiest endpoint,
 the leaking ``/ocr/process`` is one of the quietest, and most ``/search``
-queries are distinct. Requests are paced at ``rate_per_s`` so a run's memory
-(and its log files) stay bounded, and stop at ``seconds`` or ``max_requests``.
+queries are distinct. Like real traffic the mix drifts: every few seconds each
+endpoint but ``/health`` gets a new random share (0 to 2 times its weight),
+so memory growth can be told apart per endpoint. Requests are paced at
+``rate_per_s`` so a run's memory (and its log files) stay bounded, and stop at
+``seconds`` or ``max_requests``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ ENDPOINT_WEIGHTS: dict[str, int] = {
     "POST /ocr/process": 6,
     "GET /stream": 5,
 }
+_PHASE_S = 3.0
 _POPULAR_QUERIES = ("invoice", "receipt 2024", "passport scan", "bank statement", "tax form")
 _WORDS = ("invoice", "receipt", "contract", "payslip", "claim", "order", "statement", "form", "card")
 
@@ -48,6 +52,12 @@ def check_loopback_url(base_url: str) -> str:
             "address; use 127.0.0.1, ::1 or localhost"
         )
     return base_url.rstrip("/")
+
+
+def _phase_weights(rng: random.Random, phases: int) -> list[list[float]]:
+    """Per phase, the endpoint weights: /health steady, the others scaled by 0..2."""
+    return [[w if name == "GET /health" else w * rng.uniform(0.0, 2.0) for name, w in ENDPOINT_WEIGHTS.items()]
+            for _ in range(phases)]
 
 
 def _request_for(endpoint: str, rng: random.Random, n: int) -> tuple[str, str, dict[str, Any]]:
@@ -77,7 +87,7 @@ async def _drive(
 
     rng = random.Random(seed)
     endpoints = list(ENDPOINT_WEIGHTS)
-    weights = list(ENDPOINT_WEIGHTS.values())
+    phases = _phase_weights(random.Random(seed + 1), int(seconds // _PHASE_S) + 1)
     counts = dict.fromkeys(endpoints, 0)
     errors = dict.fromkeys(endpoints, 0)
     next_slot = 0
@@ -89,10 +99,10 @@ async def _drive(
         while True:
             n = next_slot
             due = start + n / rate_per_s
-            if n >= max_requests or due >= deadline:
-                return
+            if n >= max_requests or due >= deadline or time.monotonic() >= deadline:
+                return  # late requests are dropped, so a slow server cannot stretch the run
             next_slot += 1
-            endpoint = rng.choices(endpoints, weights)[0]
+            endpoint = rng.choices(endpoints, phases[int((due - start) // _PHASE_S)])[0]
             method, path, kwargs = _request_for(endpoint, rng, n)
             delay = due - time.monotonic()
             if delay > 0:
