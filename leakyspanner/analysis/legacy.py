@@ -35,7 +35,8 @@ _ALERT_GROWTH = re.compile(rf"({_NUM}) MB above baseline")
 _ALERT_BASELINE = re.compile(rf"baseline=({_NUM}) MB")
 _ALERT_CURRENT = re.compile(rf"current=({_NUM}) MB")
 _TOP_ALLOCATIONS = re.compile(r"^\s*(?:--|\u2500\u2500) top allocations (?:--|\u2500\u2500)\s*$")
-_ALLOCATION = re.compile(rf"^\s+({_NUM})KB [x\u00d7] (\d+)\s+(.+):(\d+)\s*$")
+_ALLOCATION = re.compile(rf"^\s+({_NUM})(KB|MB) [x\u00d7] (\d+)\s+(.+):(\d+)\s*$")
+_EVENT = re.compile(r"^\s*\[event\] ([^:]+): ?(.*)$")
 _VERSION = re.compile(r"^\s*LeakySpanner v(\S+)", re.IGNORECASE)
 _STARTED = re.compile(r"^\s*started\s*:\s*(\S+)")
 _PLATFORM = re.compile(r"^\s*platform\s*:\s*(.*?)\s*$")
@@ -45,13 +46,14 @@ _BASELINE = re.compile(rf"^\s*baseline\s*:\s*({_NUM}) MB RSS")
 _SUMMARY_START = re.compile(r"^\s*LEAKYSPANNER SESSION SUMMARY\s*$")
 _SUMMARY_RSS = re.compile(rf"^\s*(Peak|Final|Baseline) RSS\s*:\s*({_NUM}) MB")
 _SUMMARY_SAMPLES = re.compile(r"^\s*Snapshots\s*:\s*(\d+)")
+_SUMMARY_REQUESTS = re.compile(r"^\s*Requests\s*:\s*(\d+)\s+dropped=(\d+)\s+internal_errors=(\d+)")
 _SUMMARY_ENDPOINT = re.compile(
     rf"^\s+(\S+)\s+(.+?)\s+calls=\s*(\d+)\s+avg=({_NUM})MB\s+max=({_NUM})MB\s*$"
 )
 _PID_IN_STEM = re.compile(r"_p(\d+)$")
 # A line that starts like a known record but matched no full pattern is reported;
 # other lines (separators, headings, kinds added later) are passed over.
-_LOOKS_LIKE_RECORD = re.compile(rf"^\s*(?:!!|\u26a0\ufe0f?)?\s*{_CLOCK}\s+(?:RSS=|ENDPOINT|.*ALERT)|^\s+{_NUM}KB [x\u00d7]")
+_LOOKS_LIKE_RECORD = re.compile(rf"^\s*(?:!!|\u26a0\ufe0f?)?\s*{_CLOCK}\s+(?:RSS=|ENDPOINT|.*ALERT)|^\s+{_NUM}[KM]B [x\u00d7]")
 
 
 @dataclass
@@ -155,7 +157,7 @@ def parse_legacy(text: str, *, stem: str, fallback_start_ts: float) -> LegacyLog
     summary: dict[str, Any] | None = None
     snapshot: dict[str, Any] | None = None
     in_allocations = False
-    last_ts: float | None = None
+    last_ts: float = header["start_ts"]  # lines without a clock (events, allocations) take the latest
     baseline = header.get("baseline_rss_bytes")
     threshold_mb = header["config"].get("leak_threshold_mb")
     samples = snapshots = 0
@@ -169,7 +171,8 @@ def parse_legacy(text: str, *, stem: str, fallback_start_ts: float) -> LegacyLog
             log.skipped.append((number, "torn last line"))
             break
         if in_allocations and snapshot is not None and (m := _ALLOCATION.match(line)):
-            snapshot["sites"].append([m.group(3), int(m.group(4)), _bytes(m.group(1), _KB), int(m.group(2)), None, None])
+            size = _bytes(m.group(1), _KB if m.group(2) == "KB" else _MB)
+            snapshot["sites"].append([m.group(4), int(m.group(5)), size, int(m.group(3)), None, None])
             continue
         in_allocations = False
         if m := _SAMPLE.match(line):
@@ -206,12 +209,16 @@ def parse_legacy(text: str, *, stem: str, fallback_start_ts: float) -> LegacyLog
                 "growth_bytes": _bytes(growth.group(1)) if growth else None,
                 "threshold_bytes": None if threshold_mb is None else round(threshold_mb * _MB),
             })
+        elif m := _EVENT.match(line):
+            log.records.append({"kind": "event", "ts": last_ts, "event": m.group(1), "detail": m.group(2)})
         elif _SUMMARY_START.match(line):
             summary = {"kind": "summary", "endpoints": [], "baseline_rss_bytes": baseline}
         elif summary is not None and (m := _SUMMARY_RSS.match(line)):
             summary[f"{m.group(1).lower()}_rss_bytes"] = _bytes(m.group(2))
         elif summary is not None and (m := _SUMMARY_SAMPLES.match(line)):
             summary["samples"] = int(m.group(1))
+        elif summary is not None and (m := _SUMMARY_REQUESTS.match(line)):  # written since 0.2
+            summary.update(zip(("requests_total", "requests_dropped", "internal_errors"), map(int, m.groups())))
         elif summary is not None and (m := _SUMMARY_ENDPOINT.match(line)):
             summary["endpoints"].append({"method": m.group(1), "route": m.group(2), "calls": int(m.group(3)),
                                          "avg_delta_bytes": _bytes(m.group(4)),
@@ -219,13 +226,14 @@ def parse_legacy(text: str, *, stem: str, fallback_start_ts: float) -> LegacyLog
         elif _LOOKS_LIKE_RECORD.match(line):
             log.skipped.append((number, "unrecognised log line"))
 
-    if not (recognised or log.records or requests["ts"]):
+    # Event lines alone are too generic to claim a file for leakyspanner.
+    if not (recognised or requests["ts"] or any(r["kind"] != "event" for r in log.records) or summary):
         return None
     log.requests = requests
     if summary is not None:
         summary["ts"] = last_ts
-        summary["duration_s"] = None if last_ts is None else last_ts - header["start_ts"]
-        summary["requests_total"] = sum(e["calls"] for e in summary["endpoints"])
+        summary["duration_s"] = last_ts - header["start_ts"]
+        summary.setdefault("requests_total", sum(e["calls"] for e in summary["endpoints"]))
         final, base = summary.get("final_rss_bytes"), summary.get("baseline_rss_bytes")
         summary["net_growth_bytes"] = final - base if final is not None and base is not None else None
         log.records.append(summary)

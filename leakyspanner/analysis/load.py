@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,16 @@ import pandas as pd
 from leakyspanner import errors, schema
 from leakyspanner.analysis import legacy
 
-try:  # orjson parses the bulk of request records about three times faster
+try:  # orjson, when installed, parses the bulk of request records faster
     from orjson import loads as _loads
 except ImportError:
     _loads = json.loads
 
 __all__ = ["LoadWarning", "Sessions", "load"]
 
-Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+_Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
 _STR = pd.Series([], dtype="str").dtype  # StringDtype on pandas 3, object on pandas 2
-_TIME = pd.DatetimeTZDtype("ns", "UTC")
 _MB = 1024 * 1024
 _CHUNK_LINES = 4096
 _SHOWN_LINES = 10
@@ -72,18 +72,19 @@ def _record_spec(kind: str) -> list[tuple[str, str, Any]]:
     spec: list[tuple[str, str, Any]] = [("session_id", "str", None), ("ts", "float", "ts"),
                                         ("time", "time", None), ("elapsed_s", "float", None)]
     for name, description in schema.FIELDS[kind].items():
-        head = description.split(",", 1)[0].strip()
         if name in ("kind", "ts"):
             continue
+        head = description.split(",", 1)[0].strip()  # "int|null", "list[int] of 3", '"memory_growth"'
+        scalar = next((t for t in ("float", "int", "bool", "str") if head.startswith(t)), None)
         if m := _LIST_OF_INTS.fullmatch(head):
             spec += [(f"{name}_{i}", "int", (name, i)) for i in range(int(m.group(1)))]
         elif name in _CATEGORICAL:
             spec.append((name, "category", name))
-        elif head.startswith(("float", "int", "bool")):
-            spec.append((name, head[:5].rstrip("|,"), name))
-        elif head.startswith(("str", '"', "always")):
+        elif scalar is not None:
+            spec.append((name, scalar, name))
+        elif head.startswith(('"', "always")):
             spec.append((name, "str", name))
-    return spec
+    return spec  # objects and lists (sites, traces, tasks by coroutine) get frames of their own
 
 
 def _unit_type(name: str) -> str:
@@ -97,10 +98,10 @@ _ENDPOINT_FIELDS = [n.strip() for n in schema.FIELDS["summary"]["endpoints"].spl
 _SPECS: dict[str, list[tuple[str, str, Any]]] = {
     "sessions": [
         ("session_id", "str", None), ("path", "str", None), ("format", "str", None),
-        *[(c, "str" if c in ("host", "python", "platform", "level", "leakyspanner_version") else "int", c)
-          for c in _HEADER_COLUMNS[:7]],
-        ("start", "time", None), ("start_ts", "float", None), ("end_ts", "float", None),
-        ("duration_s", "float", None),
+        ("schema_version", "int", None), ("pid", "int", None), ("host", "str", None),
+        ("python", "str", None), ("platform", "str", None), ("level", "str", None),
+        ("leakyspanner_version", "str", None), ("start", "time", None), ("start_ts", "float", None),
+        ("end_ts", "float", None), ("duration_s", "float", None),
         *[(c, "int", None) for c in ("baseline_rss_bytes", "peak_rss_bytes", "final_rss_bytes",
                                      "net_growth_bytes", "requests_total", "requests_dropped",
                                      "internal_errors", "cgroup_memory_limit_bytes")],
@@ -151,21 +152,44 @@ def _column(values: Sequence[Any], kind: str) -> Any:
         missing = ~np.isfinite(as_float)
         return pd.arrays.IntegerArray(np.where(missing, 0, np.rint(as_float)).astype(np.int64), missing)
     if kind == "time":
-        return pd.to_datetime(_floats(values), unit="s", utc=True).as_unit("ns").array
+        return _times(_floats(values))
     if kind == "bool":
         return pd.array([v if isinstance(v, bool) else None for v in values], dtype="boolean")
     if kind == "strictbool":
         return np.array(values, dtype=bool)
     if kind == "category":
-        return pd.Categorical(np.asarray(values, dtype=object) if len(values) else [])
+        return _categorical(values)
     return pd.array([v if v is None or isinstance(v, str) else str(v) for v in values], dtype=_STR)
 
 
-def _frame(spec: Sequence[tuple[str, str, Any]], raw: dict[str, list[Any]]) -> pd.DataFrame:
+def _times(seconds: np.ndarray) -> Any:
+    """UTC datetimes from Unix seconds, rounded to the microsecond so float noise never shows."""
+    micros = np.round(seconds * 1e6)
+    valid = np.isfinite(micros) & (np.abs(micros) < 9e18)
+    stamps = np.where(valid, micros, 0).astype(np.int64)
+    stamps[~valid] = np.iinfo(np.int64).min  # NaT
+    return pd.DatetimeIndex(stamps.view("datetime64[us]")).tz_localize("UTC").as_unit("ns").array
+
+
+def _categorical(values: Sequence[Any]) -> pd.Categorical:
+    """A categorical with sorted categories; a dict beats pandas' factorize on a million strings."""
+    lookup: dict[Any, int] = {}
+    codes = np.array([lookup.setdefault(v, len(lookup)) for v in values], dtype=np.int64)
+    labels = list(lookup)
+    if not all(isinstance(label, str) for label in labels if label is not None):
+        return pd.Categorical([v if v is None or isinstance(v, str) else str(v) for v in values])
+    order = sorted((label, code) for code, label in enumerate(labels) if label is not None)
+    remap = np.full(len(labels) + 1, -1, dtype=np.int64)  # None, and an empty column, map to -1
+    remap[[code for _, code in order]] = np.arange(len(order))
+    categories = pd.Index([label for label, _ in order], dtype=_STR)
+    return pd.Categorical.from_codes(remap[codes] if len(codes) else codes, categories=categories)
+
+
+def _frame(spec: Sequence[tuple[str, str, Any]], raw: dict[str, Sequence[Any]]) -> pd.DataFrame:
     data = {}
     for name, kind, _ in spec:
-        data[name] = _column(raw["ts"] if kind == "time" and name == "time" else raw[name], kind)
-    return pd.DataFrame(data, columns=[name for name, _, _ in spec])
+        data[name] = _column(raw["ts"] if name == "time" else raw[name], kind)  # time is typed from ts
+    return pd.DataFrame(data, columns=[name for name, _, _ in spec], copy=False)
 
 
 def _minus(a: Any, b: Any) -> float | None:
@@ -202,16 +226,17 @@ def _loads_or_none(line: bytes) -> Any:
         return None
 
 
-def _request_rows(lines: list[bytes], width: int) -> tuple[list[list[Any]], list[tuple[int, str]]]:
+def _request_rows(lines: list[bytes], is_request: list[bool],
+                  width: int) -> tuple[list[list[Any]], list[tuple[int, str]]]:
     """Parse every request line, in one ``loads`` call when the file is clean."""
     try:
-        rows = _loads(b"[" + b",".join([ln for ln in lines if ln.startswith(_REQUEST_PREFIX)]) + b"]")
+        rows = _loads(b"[" + b",".join(list(compress(lines, is_request))) + b"]")
         if all(n == width for n in set(map(len, rows))):
             return rows, []
     except (ValueError, TypeError):
         pass
     # Something is off: go chunk by chunk, line by line only inside a bad chunk.
-    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.startswith(_REQUEST_PREFIX)]
+    numbered = list(compress(enumerate(lines, 1), is_request))
     rows, skipped = [], []
     for start in range(0, len(numbered), _CHUNK_LINES):
         chunk = numbered[start:start + _CHUNK_LINES]
@@ -252,14 +277,18 @@ def _parse_jsonl(path: Path, data: bytes) -> _Parsed:
     names = header.get("request_fields")
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         names = list(schema.REQUEST_FIELDS)
-    rows, bad = _request_rows(lines, 1 + len(names))
+    # Classify with C-level loops: a million lines make any Python-level pass show.
+    is_request = list(map(bytes.startswith, lines, repeat(_REQUEST_PREFIX)))
+    rows, bad = _request_rows(lines, is_request, 1 + len(names))
     skipped += bad
     columns = list(zip(*rows)) if rows else [() for _ in range(len(names) + 1)]
     requests = dict(zip(names, columns[1:]))
 
+    del rows
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line or line.startswith(_REQUEST_PREFIX) or not line.strip():
+    for index in np.flatnonzero(~np.array(is_request, dtype=bool)).tolist():
+        line, number = lines[index], index + 1
+        if not line.strip():
             continue
         record = _loads_or_none(line)
         if isinstance(record, dict):
@@ -285,6 +314,24 @@ def _parse_file(path: Path) -> _Parsed:
     return _Parsed(_LEGACY, log.header, log.records, log.requests, log.skipped)
 
 
+def _parse_or_fall_back(path: Path, skipped: list[tuple[str, int, str]]) -> tuple[Path, _Parsed]:
+    """Parse ``path``; a ``.jsonl`` killed before its header reached the disk yields to its ``.log``."""
+    try:
+        return path, _parse_file(path)
+    except errors.NotALogError:
+        human = path.with_suffix(schema.LOG_SUFFIX)
+        if path.suffix != schema.JSONL_SUFFIX or not human.is_file():
+            raise
+        try:
+            parsed = _parse_file(human)
+        except errors.NotALogError:
+            pass
+        else:
+            skipped.append((str(path), 1, f"no readable header, read {human.name} instead"))
+            return human, parsed
+        raise
+
+
 # ------------------------------------------------------------------ assembly
 
 class _Collector:
@@ -295,7 +342,7 @@ class _Collector:
         self.requests: list[pd.DataFrame] = []
         self.skipped: list[tuple[str, int, str]] = []
 
-    def _row(self, frame: str, **values: Any) -> None:
+    def _row(self, frame: str, values: dict[Any, Any]) -> None:
         for column, store in self.raw[frame].items():
             store.append(values.get(column))
 
@@ -321,8 +368,8 @@ class _Collector:
             for record in by_kind.get(kind, ()):
                 self._record(frame, sid, start_ts, record)
         self._add_details(sid, start_ts, by_kind)
-        n_requests = self._add_requests(sid, start_ts, parsed.requests)
-        self._add_session(path, sid, parsed, by_kind, n_requests)
+        n_requests, last_request_ts = self._add_requests(sid, start_ts, parsed.requests)
+        self._add_session(path, sid, parsed, by_kind, n_requests, last_request_ts)
         self.skipped += [(str(path), number, reason) for number, reason in parsed.skipped]
 
     def _add_details(self, sid: str, start_ts: Any, by_kind: dict[Any, list[dict[str, Any]]]) -> None:
@@ -330,26 +377,28 @@ class _Collector:
             ts = sample.get("ts")
             coros = sample.get("asyncio_tasks_by_coro")
             for coro, tasks in (coros.items() if isinstance(coros, dict) else ()):
-                self._row("tasks", session_id=sid, ts=ts, elapsed_s=_minus(ts, start_ts), coro=coro, tasks=tasks)
+                self._row("tasks", {"session_id": sid, "ts": ts, "elapsed_s": _minus(ts, start_ts),
+                                    "coro": coro, "tasks": tasks})
         for snapshot in by_kind.get("snapshot", ()):
             ts, seq = snapshot.get("ts"), snapshot.get("seq")
             common = {"session_id": sid, "snapshot_seq": seq, "ts": ts, "elapsed_s": _minus(ts, start_ts)}
             names = snapshot.get("site_fields") or schema.SITE_FIELDS
             for site in snapshot.get("sites") or ():
                 values = dict(zip(names, site)) if isinstance(site, list) else {}
-                self._row("sites", **common, **values, site=f"{values.get('file')}:{values.get('line')}")
+                self._row("sites", {**values, **common, "site": f"{values.get('file')}:{values.get('line')}"})
             for rank, trace in enumerate(snapshot.get("traces") or (), 1):
                 frames = trace.get("frames") if isinstance(trace, dict) else None
                 labels = [f"{f[0]}:{f[1]}" for f in frames or () if isinstance(f, list) and len(f) == 2]
-                self._row("traces", **common, rank=rank, size_bytes=trace.get("size_bytes"),
-                          count=trace.get("count"), site=labels[0] if labels else None,
-                          traceback=" <- ".join(labels) if labels else None)
+                self._row("traces", {**common, "rank": rank, "size_bytes": trace.get("size_bytes"),
+                                     "count": trace.get("count"), "site": labels[0] if labels else None,
+                                     "traceback": " <- ".join(labels) if labels else None})
         summaries = by_kind.get("summary")
         for endpoint in (summaries[-1].get("endpoints") or ()) if summaries else ():
             if isinstance(endpoint, dict):
-                self._row("endpoints", session_id=sid, **endpoint)
+                self._row("endpoints", {**endpoint, "session_id": sid})
 
-    def _add_requests(self, sid: str, start_ts: Any, columns: dict[str, Sequence[Any]]) -> int:
+    def _add_requests(self, sid: str, start_ts: Any, columns: dict[str, Sequence[Any]]) -> tuple[int, Any]:
+        """Type one session's requests now: the raw columns are too big to keep around."""
         n = len(next(iter(columns.values()), ()))
         data: dict[str, Any] = {"session_id": pd.array(np.full(n, sid, dtype=object), dtype=_STR)}
         for name, kind in _REQUEST_SPEC[1:1 + len(schema.REQUEST_FIELDS)]:
@@ -360,11 +409,12 @@ class _Collector:
         for delta, before, after in _REQUEST_DELTAS:
             given = columns.get(delta)  # the human log knows deltas but not before/after
             data[delta] = _column(given, "int") if given is not None else data[after] - data[before]
-        self.requests.append(pd.DataFrame(data))
-        return n
+        self.requests.append(pd.DataFrame(data, copy=False))
+        finite = ts[np.isfinite(ts)]
+        return n, float(finite.max()) if finite.size else None
 
     def _add_session(self, path: Path, sid: str, parsed: _Parsed,
-                     by_kind: dict[Any, list[dict[str, Any]]], n_requests: int) -> None:
+                     by_kind: dict[Any, list[dict[str, Any]]], n_requests: int, last_request_ts: Any) -> None:
         header = parsed.header
         start_ts = header.get("start_ts")
         samples = by_kind.get("sample", [])
@@ -381,8 +431,8 @@ class _Collector:
         if known["requests_total"] is None and parsed.format == _JSONL:
             known["requests_total"] = n_requests
         ts_seen = [r.get("ts") for r in parsed.records if isinstance(r.get("ts"), (int, float))]
-        if n_requests:
-            ts_seen.append(float(np.nanmax(_floats(parsed.requests.get("ts") or [np.nan]))))
+        if last_request_ts is not None:
+            ts_seen.append(last_request_ts)
         end_ts = summary.get("ts") if summary.get("ts") is not None else max(ts_seen, default=None)
         row = {name: header.get(name) for name in _HEADER_COLUMNS}
         for name in _SUMMARY_COLUMNS:
@@ -398,17 +448,13 @@ class _Collector:
         if threshold_mb is None and isinstance(config.get("leak_threshold_bytes"), (int, float)):
             threshold_mb = config["leak_threshold_bytes"] / _MB
         interval = config.get("interval_seconds", config.get("interval_s"))
-        self._row("sessions", **row, session_id=sid, path=str(path), format=parsed.format, start=start_ts,
-                  start_ts=start_ts, end_ts=end_ts, complete=bool(summaries),
-                  interval_seconds=interval, leak_threshold_mb=threshold_mb)
-        # The sessions frame types "start" from its own raw list, not from "ts".
-        self.raw["sessions"]["ts"] = self.raw["sessions"]["start"]
+        self._row("sessions", {**row, "session_id": sid, "path": str(path), "format": parsed.format,
+                               "start": start_ts, "start_ts": start_ts, "end_ts": end_ts,
+                               "complete": bool(summaries), "interval_seconds": interval,
+                               "leak_threshold_mb": threshold_mb})
 
     def build(self) -> Sessions:
-        frames = {}
-        for name, spec in _SPECS.items():
-            frames[name] = _frame(spec, self.raw[name])
-        frames["sessions"]["start"] = _column(self.raw["sessions"]["start"], "time")
+        frames = {name: _frame(spec, self.raw[name]) for name, spec in _SPECS.items()}
         frames["requests"] = _concat_requests(self.requests)
         return Sessions(**frames, skipped=self.skipped)
 
@@ -440,6 +486,11 @@ def _subset(frame: pd.DataFrame, keep: Any) -> pd.DataFrame:
 class Sessions:
     """Loaded sessions as tidy DataFrames, each starting with a ``session_id`` column.
 
+    ``sessions`` one row per session; ``samples``, ``intervals``, ``snapshots``,
+    ``alerts``, ``events`` one row per record of that kind; ``requests`` one
+    row per request; ``tasks`` one row per (sample, coroutine); ``sites`` and
+    ``traces`` one row per entry of a snapshot; ``endpoints`` the summary's
+    per-endpoint totals; ``skipped`` the (path, line, reason) left out.
     Frozen so a selection can never be mistaken for the whole: :meth:`select`
     and :meth:`between` return new objects.
     """
@@ -533,15 +584,16 @@ def _expand(source: str | os.PathLike[str]) -> list[tuple[Path, bool]]:
     raise errors.NotALogError(f"{path} does not exist")
 
 
-def _collect(source: Source) -> list[tuple[Path, bool]]:
+def _collect(source: _Source) -> list[tuple[Path, bool]]:
     if isinstance(source, (str, os.PathLike)):
-        found = _expand(source)
-    elif isinstance(source, Iterable) and not isinstance(source, bytes):
-        found = [pair for item in source for pair in _collect(item)]
-        if not found:
-            raise errors.NotALogError("load() was given an empty list of paths")
+        items: list[str | os.PathLike[str]] = [source]
+    elif isinstance(source, Iterable) and not isinstance(source, (bytes, dict)):
+        items = list(source)
     else:
         raise TypeError(f"load() takes a path, a glob or a list of them, not {type(source).__name__}")
+    if not items:
+        raise errors.NotALogError("load() was given an empty list of paths")
+    found = [pair for item in items for pair in _expand(item)]
     unique: dict[Path, tuple[Path, bool]] = {}
     for path, explicit in found:
         key = path.resolve()
@@ -576,7 +628,7 @@ def _warn(skipped: list[tuple[str, int, str]]) -> None:
                   f"and loaded the rest: {'; '.join(parts)}", LoadWarning, stacklevel=3)
 
 
-def load(source: Source, *, warn: bool = True) -> Sessions:
+def load(source: _Source, *, warn: bool = True) -> Sessions:
     """Load sessions from a file, a directory, a glob, or a list of them.
 
     Raises :class:`~leakyspanner.errors.NotALogError` when nothing there is a
@@ -587,18 +639,21 @@ def load(source: Source, *, warn: bool = True) -> Sessions:
     """
     collector = _Collector()
     with _gc_paused():
-        for path, explicit in _collect(source):
+        found = _collect(source)
+        for path, explicit in found:
             try:
-                parsed = _parse_file(path)
+                used, parsed = _parse_or_fall_back(path, collector.skipped)
             except errors.NotALogError as exc:
                 if explicit:
                     raise
                 if path.name.startswith(schema.STEM_PREFIX):  # ours by name, yet unreadable: say so
                     collector.skipped.append((str(path), 1, str(exc).removeprefix(f"{path} ")))
                 continue
-            collector.add(path, parsed)
+            collector.add(used, parsed)
         if not collector.raw["sessions"]["session_id"]:
-            raise errors.NotALogError(f"no leakyspanner session found in {os.fspath(source) if isinstance(source, (str, os.PathLike)) else list(source)}")
+            where = ", ".join(sorted({str(path.parent) for path, _ in found}))
+            raise errors.NotALogError(f"no leakyspanner session found in {where}: "
+                                      f"{len(found)} file(s) looked at, none is a leakyspanner log")
         sessions = collector.build()
     if warn and sessions.skipped:
         _warn(sessions.skipped)

@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from leakyspanner import errors, schema
+from leakyspanner.analysis import LoadWarning, load
+from leakyspanner.analysis.legacy import parse_legacy
+
+MB = 1024 * 1024
+SEP = "=" * 70
+PLATFORM = "Ubuntu 22.04.3 LTS [venv]  CPython 3.11.7 64bit  mem_reader=/proc/self/status"
+START = datetime(2024, 3, 1, 23, 59, 50, 123456)
+
+
+class SeedLog:
+    """Writes lines with the exact f-strings of leakyspanner 0.1.x's tracker."""
+
+    def __init__(self, start: datetime = START, baseline_mb: float = 100.0, threshold_mb: float = 50.0) -> None:
+        self.lines: list[str] = []
+        self.baseline = baseline_mb
+        self.peak = self.final = baseline_mb
+        self.snapshots = 0
+        self._write(SEP)
+        self._write("  LeakySpanner v0.1.1")
+        self._write(f"  started  : {start.isoformat()}")
+        self._write(f"  platform : {PLATFORM}")
+        self._write(f"  level    : deep  interval=5.0s  threshold={threshold_mb}MB")
+        self._write(f"  baseline : {baseline_mb:.2f} MB RSS")
+        self._write(SEP)
+
+    def _write(self, line: str) -> None:
+        self.lines.append(line + "\n")
+
+    def sample(self, at: datetime, rss_mb: float, gc_counts: tuple[int, int, int] = (5, 1, 0),
+               allocations: Sequence[tuple[float, int, str, int]] = ()) -> None:
+        ts = at.strftime("%H:%M:%S")
+        delta = rss_mb - self.baseline
+        sign = "+" if delta >= 0 else ""
+        self._write(f"[{ts}] RSS={rss_mb:.1f}MB  VMS={rss_mb * 3:.1f}MB  delta={sign}{delta:.1f}MB  GC={gc_counts}")
+        if allocations:
+            self._write("  -- top allocations --")
+            for size_kb, count, file, line in allocations[:5]:
+                self._write(f"    {size_kb:.1f}KB x {count}  {file}:{line}")
+        self.snapshots += 1
+        self.peak, self.final = max(self.peak, rss_mb), rss_mb
+
+    def endpoint(self, at: datetime, method: str, path: str, delta_mb: float, status: int) -> None:
+        sign = "+" if delta_mb >= 0 else ""
+        self._write(f"  [{at.strftime('%H:%M:%S')}] ENDPOINT {method} {path}  mem_delta={sign}{delta_mb:.2f}MB  "
+                    f"status={status}")
+
+    def alert(self, at: datetime, rss_mb: float) -> None:
+        delta = rss_mb - self.baseline
+        msg = (f"MEMORY GROWTH ALERT: +{delta:.1f} MB above baseline (baseline={self.baseline:.1f} MB, "
+               f"current={rss_mb:.1f} MB)")
+        self._write(f"\n  !! [{at.strftime('%H:%M:%S')}] {msg}\n")
+
+    def summary(self, endpoints: list[tuple[str, str, int, float, float]]) -> None:
+        self._write("\n" + SEP)
+        self._write("  LEAKYSPANNER SESSION SUMMARY")
+        self._write(SEP)
+        self._write(f"  Peak RSS    : {self.peak:.1f} MB")
+        self._write(f"  Final RSS   : {self.final:.1f} MB")
+        self._write(f"  Baseline RSS: {self.baseline:.1f} MB")
+        self._write(f"  Net growth  : {self.final - self.baseline:+.1f} MB")
+        self._write(f"  Snapshots   : {self.snapshots}")
+        self._write(f"  Platform    : {PLATFORM}")
+        self._write("\n  ENDPOINT MEMORY DELTAS (sorted by avg):")
+        for method, path, calls, avg, mx in endpoints:
+            self._write(f"    {method:6} {path:<40} calls={calls:4}  avg={avg:+.2f}MB  max={mx:+.2f}MB")
+        self._write(SEP + "\n")
+
+    def save(self, path: Path) -> Path:
+        path.write_text("".join(self.lines), encoding="utf-8")
+        return path
+
+
+def at(seconds: float) -> datetime:
+    return START + timedelta(seconds=seconds)
+
+
+def stamp(seconds: float) -> float:
+    """Unix time of the whole-second wall clock the log shows ``seconds`` after START."""
+    return at(seconds).replace(microsecond=0).timestamp()
+
+
+def quiet_load(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return load(path)
+
+
+@pytest.fixture
+def seed_session(tmp_path: Path) -> Path:
+    log = SeedLog()
+    log.sample(at(5), 101.0, allocations=[(42.3, 18, "/app/leak.py", 87), (1.5, 2, "C:/app/ok.py", 3)])
+    log.endpoint(at(7), "POST", "/items/42", 2.5, 201)
+    log.sample(at(10), 160.0)
+    log.alert(at(10), 160.0)
+    log.endpoint(at(12), "GET", "/health", -1.25, 200)
+    log.summary([("POST", "/items/42", 4, 0.10, 2.5), ("GET", "/health", 9, -0.02, 0.0)])
+    return log.save(tmp_path / "leakyspanner_20240301_235950.log")
+
+
+def test_seed_log_fills_samples_with_bytes_and_gc_counts(seed_session):
+    samples = quiet_load(seed_session).samples
+    assert samples["rss_bytes"].tolist() == [101 * MB, 160 * MB]
+    assert samples["vms_bytes"].tolist() == [303 * MB, 480 * MB]
+    assert samples["rss_delta_bytes"].tolist() == [1 * MB, 60 * MB]
+    assert samples[["gc_count_0", "gc_count_1", "gc_count_2"]].iloc[0].tolist() == [5, 1, 0]
+    assert samples["seq"].tolist() == [0, 1]
+    assert samples["traced_bytes"].isna().all()  # the human log never carried it
+
+
+def test_seed_log_reconstructs_datetimes_across_midnight(seed_session):
+    loaded = quiet_load(seed_session)
+    assert loaded.samples["ts"].tolist() == [stamp(5), stamp(10)]
+    assert loaded.samples["time"].dt.tz_convert(None).dt.date.tolist() == [at(5).date(), at(10).date()]
+    assert at(10).date() != START.date()  # the session crossed midnight
+    assert loaded.sessions["start_ts"].iloc[0] == START.timestamp()
+
+
+def test_seed_log_endpoint_lines_become_requests_with_their_delta(seed_session):
+    requests = quiet_load(seed_session).requests
+    assert requests["method"].tolist() == ["POST", "GET"]
+    assert requests["route"].tolist() == ["/items/42", "/health"]
+    assert requests["status"].tolist() == [201, 200]
+    assert requests["rss_delta_bytes"].tolist() == [round(2.5 * MB), round(-1.25 * MB)]
+    assert requests["rss_before_bytes"].isna().all() and requests["rss_after_bytes"].isna().all()
+    assert requests["ts"].tolist() == [stamp(7), stamp(12)]
+
+
+def test_seed_log_alerts_carry_growth_baseline_and_threshold(seed_session):
+    alerts = quiet_load(seed_session).alerts
+    row = alerts.iloc[0]
+    assert row["alert"] == "memory_growth"
+    assert row["rss_bytes"] == 160 * MB and row["baseline_rss_bytes"] == 100 * MB
+    assert row["growth_bytes"] == 60 * MB and row["threshold_bytes"] == 50 * MB
+    assert row["ts"] == stamp(10)
+
+
+def test_seed_log_top_allocations_become_a_snapshot_with_sites(seed_session):
+    loaded = quiet_load(seed_session)
+    assert loaded.snapshots["ts"].tolist() == [stamp(5)]
+    sites = loaded.sites
+    assert sites["site"].tolist() == ["/app/leak.py:87", "C:/app/ok.py:3"]
+    assert sites["file"].tolist() == ["/app/leak.py", "C:/app/ok.py"]
+    assert sites["size_bytes"].tolist() == [round(42.3 * 1024), round(1.5 * 1024)]
+    assert sites["count"].tolist() == [18, 2]
+    assert sites["size_diff_bytes"].isna().all()
+
+
+def test_seed_log_summary_fills_the_session_row_and_endpoints(seed_session):
+    loaded = quiet_load(seed_session)
+    row = loaded.sessions.iloc[0]
+    assert row["format"] == "legacy-log" and bool(row["complete"])
+    assert row["session_id"] == "leakyspanner_20240301_235950"
+    assert row["leakyspanner_version"] == "0.1.1" and row["python"] == "3.11.7" and row["level"] == "deep"
+    assert row["platform"] == PLATFORM
+    assert row["baseline_rss_bytes"] == 100 * MB
+    assert row["peak_rss_bytes"] == 160 * MB and row["final_rss_bytes"] == 160 * MB
+    assert row["net_growth_bytes"] == 60 * MB
+    assert row["requests_total"] == 13
+    assert row["interval_seconds"] == 5.0 and row["leak_threshold_mb"] == 50.0
+    assert pd.isna(row["schema_version"])
+    endpoints = loaded.endpoints
+    assert endpoints["route"].tolist() == ["/items/42", "/health"]
+    assert endpoints["calls"].tolist() == [4, 9]
+    assert endpoints["avg_delta_bytes"].tolist() == [round(0.10 * MB), round(-0.02 * MB)]
+
+
+def test_legacy_frames_have_the_same_columns_and_dtypes_as_jsonl_frames(seed_session, write_session):
+    legacy = quiet_load(seed_session)
+    jsonl = quiet_load(write_session())
+    for name in ("sessions", "samples", "tasks", "requests", "intervals", "snapshots", "sites", "traces",
+                 "alerts", "events", "endpoints"):
+        got, expected = getattr(legacy, name), getattr(jsonl, name)
+        assert list(got.columns) == list(expected.columns), name
+        assert [str(d) for d in got.dtypes] == [str(d) for d in expected.dtypes], name
+
+
+def test_new_alert_and_allocation_forms_are_read(tmp_path):
+    log = SeedLog(start=datetime(2024, 3, 1, 12, 0, 0))
+    log.lines += [
+        "[12:00:05] RSS=101.0MB  VMS=303.0MB  delta=+1.0MB  GC=(1, 2, 3)\n",
+        "  \u2500\u2500 top allocations \u2500\u2500\n",
+        "    10.0KB \u00d7 3  /app/a.py:1\n",
+        "\u26a0\ufe0f [12:00:06] MEMORY GROWTH ALERT: +61.0 MB above baseline (baseline=100.0 MB, current=161.0 MB)\n",
+    ]
+    loaded = quiet_load(log.save(tmp_path / "leakyspanner_20240301_120000.log"))
+    assert loaded.sites["site"].tolist() == ["/app/a.py:1"] and loaded.sites["count"].tolist() == [3]
+    assert loaded.alerts["growth_bytes"].tolist() == [61 * MB]
+
+
+def test_log_without_summary_is_incomplete_with_peak_and_final_from_samples(tmp_path):
+    log = SeedLog(start=datetime(2024, 3, 1, 12, 0, 0))
+    log.sample(datetime(2024, 3, 1, 12, 0, 5), 130.0)
+    log.sample(datetime(2024, 3, 1, 12, 0, 10), 120.0)
+    row = quiet_load(log.save(tmp_path / "leakyspanner_20240301_120000.log")).sessions.iloc[0]
+    assert not bool(row["complete"])
+    assert row["peak_rss_bytes"] == 130 * MB and row["final_rss_bytes"] == 120 * MB
+    assert row["net_growth_bytes"] == 20 * MB
+    assert pd.isna(row["requests_total"])  # endpoint lines only show large deltas: no count to give
+    assert row["duration_s"] == 10.0
+
+
+def test_torn_last_log_line_is_skipped_and_warned(tmp_path):
+    log = SeedLog(start=datetime(2024, 3, 1, 12, 0, 0))
+    log.sample(datetime(2024, 3, 1, 12, 0, 5), 101.0)
+    log.lines.append("  [12:00:07] ENDPOINT GET /x  mem_delta=+2.00MB  status=20")
+    path = log.save(tmp_path / "leakyspanner_20240301_120000.log")
+    with pytest.warns(LoadWarning, match=r"line 9 \(torn last line\)") as record:
+        loaded = load(path)
+    assert len(record) == 1
+    assert len(loaded.requests) == 0 and len(loaded.samples) == 1
+
+
+def test_malformed_sample_line_is_reported_and_the_rest_loads(tmp_path):
+    log = SeedLog(start=datetime(2024, 3, 1, 12, 0, 0))
+    log.lines.append("[12:00:03] RSS=oops\n")
+    log.sample(datetime(2024, 3, 1, 12, 0, 5), 101.0)
+    with pytest.warns(LoadWarning, match=r"line 8 \(unrecognised log line\)"):
+        loaded = load(log.save(tmp_path / "leakyspanner_20240301_120000.log"))
+    assert len(loaded.samples) == 1
+
+
+def test_late_line_from_before_midnight_keeps_its_day():
+    text = ("  started  : 2024-03-01T23:59:55\n"
+            "[00:00:01] RSS=1.0MB  VMS=2.0MB  delta=+0.0MB  GC=(0, 0, 0)\n"
+            "  [23:59:58] ENDPOINT GET /slow  mem_delta=+2.00MB  status=200\n"
+            "[00:00:06] RSS=1.0MB  VMS=2.0MB  delta=+0.0MB  GC=(0, 0, 0)\n")
+    log = parse_legacy(text, stem="x", fallback_start_ts=0.0)
+    assert log is not None
+    samples = [r["ts"] for r in log.records if r["kind"] == "sample"]
+    assert samples == [datetime(2024, 3, 2, 0, 0, 1).timestamp(), datetime(2024, 3, 2, 0, 0, 6).timestamp()]
+    assert log.requests["ts"] == [datetime(2024, 3, 1, 23, 59, 58).timestamp()]
+
+
+def test_log_without_started_line_is_dated_from_its_file_name(tmp_path):
+    path = tmp_path / "leakyspanner_20240301_120000_p77.log"
+    path.write_text("[12:00:05] RSS=1.0MB  VMS=2.0MB  delta=+0.0MB  GC=(0, 0, 0)\n")
+    loaded = quiet_load(path)
+    assert loaded.samples["ts"].tolist() == [datetime(2024, 3, 1, 12, 0, 5).timestamp()]
+    assert loaded.sessions["pid"].tolist() == [77]
+
+
+def test_a_log_file_that_is_not_ours_raises_naming_the_path(tmp_path):
+    path = tmp_path / "app.log"
+    path.write_text("INFO:     Uvicorn running on http://127.0.0.1:8000\n")
+    with pytest.raises(errors.NotALogError, match=str(path)):
+        load(path)
+
+
+def test_parse_legacy_returns_none_for_foreign_text():
+    assert parse_legacy("hello\nworld\n", stem="x", fallback_start_ts=0.0) is None
+
+
+def test_legacy_request_columns_cover_every_request_field():
+    log = parse_legacy("  [12:00:07] ENDPOINT GET /x  mem_delta=+2.00MB  status=200\n", stem="x",
+                       fallback_start_ts=0.0)
+    assert log is not None
+    assert set(schema.REQUEST_FIELDS) <= set(log.requests)
+
+
+def test_the_human_log_of_the_current_capture_side_loads(tmp_path):
+    from leakyspanner.capture import humanlog
+
+    start = datetime(2024, 3, 1, 12, 0, 0).timestamp()
+    lines = humanlog.header_lines("0.2.0", start, "Linux CPython 3.11.7", "mid", 5.0, 50.0, 100 * MB,
+                                  "leakyspanner_20240301_120000.jsonl")
+    lines.append(humanlog.sample_line(start + 5, 101 * MB, 300 * MB, MB, (1, 2, 3)))
+    lines += humanlog.top_allocation_lines([("/app/big.py", 7, 3 * MB, 4), ("/app/small.py", 9, 2048, 1)])
+    lines.append(humanlog.endpoint_line(start + 6, "GET", "/items/{item_id}", 2 * MB, 200))
+    lines.append(humanlog.alert_line(start + 7, 61 * MB, 100 * MB, 161 * MB))
+    lines.append("  [event] tracing_started: level=mid")
+    lines += humanlog.summary_lines({
+        "peak_rss_bytes": 161 * MB, "final_rss_bytes": 150 * MB, "baseline_rss_bytes": 100 * MB,
+        "net_growth_bytes": 50 * MB, "samples": 1, "requests_total": 40, "requests_dropped": 2,
+        "internal_errors": 0,
+        "endpoints": [{"method": "GET", "route": "/items/{item_id}", "calls": 40,
+                       "avg_delta_bytes": MB // 10, "max_delta_bytes": 2 * MB}],
+    }, "Linux CPython 3.11.7")
+    path = tmp_path / "leakyspanner_20240301_120000.log"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    loaded = quiet_load(path)
+    row = loaded.sessions.iloc[0]
+    assert row["leakyspanner_version"] == "0.2.0" and row["level"] == "mid" and bool(row["complete"])
+    assert row["requests_total"] == 40 and row["requests_dropped"] == 2 and row["final_rss_bytes"] == 150 * MB
+    assert loaded.samples["rss_bytes"].tolist() == [101 * MB]
+    assert loaded.sites["size_bytes"].tolist() == [3 * MB, 2048]
+    assert loaded.requests["route"].tolist() == ["/items/{item_id}"]
+    assert loaded.requests["rss_delta_bytes"].tolist() == [2 * MB]
+    assert loaded.alerts["growth_bytes"].tolist() == [61 * MB]
+    assert loaded.events["event"].tolist() == ["tracing_started"]
+    assert loaded.samples["ts"].tolist() == [start + 5]
+
+
+def test_event_lines_alone_do_not_make_a_foreign_file_a_log():
+    assert parse_legacy("  [event] deploy: v2\n", stem="x", fallback_start_ts=0.0) is None
+
+
+def test_lines_without_a_clock_take_the_time_of_the_line_before_or_the_start():
+    text = ("  started  : 2024-03-01T12:00:00\n"
+            "  [event] tracing_started: level=mid\n"
+            "[12:00:05] RSS=1.0MB  VMS=2.0MB  delta=+0.0MB  GC=(0, 0, 0)\n"
+            "  [event] tracing_stopped: done\n")
+    log = parse_legacy(text, stem="x", fallback_start_ts=0.0)
+    assert log is not None
+    events = [r["ts"] for r in log.records if r["kind"] == "event"]
+    assert events == [datetime(2024, 3, 1, 12, 0, 0).timestamp(), datetime(2024, 3, 1, 12, 0, 5).timestamp()]
