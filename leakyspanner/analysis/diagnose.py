@@ -502,7 +502,8 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
     suspect = next((e for e in endpoints if e.significant), None)
     sites = _sites(sessions, sid, suspect, warm_ts) if leaking else []
     notes = [f"attribution basis: {basis}"]
-    if float(info.get("requests_dropped") or 0) > 0:
+    dropped = info.get("requests_dropped")
+    if pd.notna(dropped) and float(dropped) > 0:
         notes.append(f"{int(info['requests_dropped'])} request records were dropped (buffer full)")
     headline = _headline(status, rss, traced, suspect, sites, kinds)
     return Verdict(session_id=sid, status=status, leaking=leaking, headline=headline, rss=rss, traced=traced,

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "EndpointAttribution",
     "FixCheck",
@@ -22,6 +24,8 @@ __all__ = [
 
 def _clean(value: Any) -> Any:
     """NaN/inf become None so the dict is valid JSON."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
