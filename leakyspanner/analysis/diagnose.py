@@ -254,7 +254,6 @@ def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_t
     hi = np.percentile(boot, 95, axis=0)
     xk = x[keep]
     dy = np.diff(yk)
-    dt = np.diff(ts[keep])
     calls = xk.sum(axis=0)
     req = s.requests[s.requests["session_id"] == sid]
     naive: dict[tuple[str, str], float] = {}
