@@ -28,7 +28,8 @@ _WARMUP_FRACTION = 0.2
 _MIN_SAMPLES = 6
 _MAX_TREND_POINTS = 400
 _Z90 = 1.645
-_BOOTSTRAP = 200
+_BOOTSTRAP = 120
+_MAX_LEVEL_POINTS = 600
 
 
 # ---------------------------------------------------------------- statistics
@@ -234,6 +235,11 @@ def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_t
     cumulative = np.cumsum(x, axis=0)[keep]
     cumulative = cumulative - cumulative[0]
     yk = y[keep] - y[keep][0]
+    if len(yk) > _MAX_LEVEL_POINTS:
+        # Levels regression: evenly spaced rows carry the same information, and a
+        # 24-hour session (17k intervals) stays fast enough to open in the UI.
+        rows = np.linspace(0, len(yk) - 1, _MAX_LEVEL_POINTS).round().astype(int)
+        cumulative, yk = cumulative[rows], yk[rows]
     ones = np.ones(len(yk))
     design = np.column_stack([cumulative, ones, -ones])  # free intercept as two non-negative parts
     coef = _huber_nnls(design, yk)[: len(keys)]
@@ -248,7 +254,7 @@ def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_t
         # moving-block bootstrap of the residuals keeps their autocorrelation
         starts = rng.integers(0, max(1, k - block + 1), size=k // block + 1)
         idx = np.concatenate([np.arange(b0, b0 + block) for b0 in starts])[:k]
-        boots.append(_huber_nnls(design, fitted + resid[np.minimum(idx, k - 1)], iterations=2)[: len(keys)])
+        boots.append(_huber_nnls(design, fitted + resid[np.minimum(idx, k - 1)], iterations=1)[: len(keys)])
     boot = np.array(boots)
     lo = np.percentile(boot, 5, axis=0)
     hi = np.percentile(boot, 95, axis=0)

@@ -388,6 +388,16 @@ class Dashboard:
             raise errors.NotALogError(
                 f"{self.root} holds no leakyspanner session{detail}: point inspect at a "
                 f"{schema.JSONL_SUFFIX} or {schema.LOG_SUFFIX} file written by leakyspanner, or a directory of them")
+        # Verdicts are the slow part (about a second for a 24-hour session): work
+        # them out in the background so the first page view finds them ready.
+        threading.Thread(target=self._warm, name="ui-verdict-warmup", daemon=True).start()
+
+    def _warm(self) -> None:
+        for session_id in list(self._where):
+            with self._lock:
+                entry = self._where.get(session_id)
+                if entry is not None:
+                    self._verdict(entry, session_id)
 
     # -- loading
     def _load(self, file: Path, *, explicit: bool = False) -> None:
