@@ -110,6 +110,8 @@ class Profiler:
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
+        self._rss = 0  # last request-path RSS reading and its perf_counter time
+        self._rss_t = -1.0
         self.requests_dropped = 0
         self.internal_errors = 0
         # session state
@@ -170,6 +172,7 @@ class Profiler:
             return False
         self.reader = ProcessReader(self._proc_root)
         self._read_rss = self.reader.read_rss_bytes
+        self._rss_t = -1.0
         self.baseline_rss_bytes, baseline_vms = self.reader.read_rss_vms_bytes()
         self.cgroup_limit_bytes = cgroup_memory_limit_bytes()
         self.session_id, self.jsonl_file, self.log_file, self.start_ts = stem, jsonl_path, log_path, start_ts

@@ -29,6 +29,8 @@ SAMPLE = 1   # (SAMPLE, record_dict)
 OBJECT = 2   # (OBJECT, record_dict): snapshot, alert, event
 
 _MB = 1024 * 1024
+# One request record: the tag, then schema.REQUEST_FIELDS in order (method and route pre-encoded).
+_REQUEST_LINE = '["' + REQUEST_TAG + '",%.4f,%s,%d,%.6f,%d,%d,%s,%s,%d,%d]\n'
 _ENDPOINT_LINE_BYTES = _MB  # the human log lists requests whose |delta| exceeds 1 MB
 
 
@@ -61,6 +63,8 @@ class RecordWriter:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._json_str: dict[str, str] = {}
+        self._resolved: dict[tuple[Any, ...], tuple[tuple[str, str], str]] = {}
+        self._keep: list[object] = []
         self._interval: dict[tuple[str, str], list[Any]] = {}
         self._interval_start: float | None = None
         self._endpoints: dict[tuple[str, str], list[Any]] = {}
@@ -103,6 +107,7 @@ class RecordWriter:
         buffer = self._buffer
         out: list[str] = []
         log: list[str] = []
+        request = self._request
         while True:
             try:
                 item = buffer.popleft()
@@ -111,7 +116,7 @@ class RecordWriter:
             try:
                 tag = item[0]
                 if tag == REQUEST:
-                    self._request(item, out, log)
+                    request(item, out, log)
                 elif tag == SAMPLE:
                     self._sample(item[1], out, log)
                 else:
@@ -131,51 +136,67 @@ class RecordWriter:
                 self._json_str[s] = cached
         return cached
 
-    def _request(self, item: tuple[Any, ...], out: list[str], log: list[str]) -> None:
-        (_, t0, t1, method, route, endpoint, root_after, root_before, status,
-         rss0, rss1, tr0, tr1, in0, in1) = item
+    def _resolve(self, method: str, route: Any, endpoint: Any, root_after: str, root_before: str
+                 ) -> tuple[tuple[str, str], str]:
+        """(method, template) and its JSON text, for one route as the scope named it."""
         if method not in METHODS:
             method = "OTHER"
         template = self._routes.name(route, endpoint, root_after or "", root_before or "")
+        return (method, template), f"{self._jstr(method)},{self._jstr(template)}"
+
+    def _request(self, item: tuple[Any, ...], out: list[str], log: list[str]) -> None:
+        (_, t0, t1, method, route, endpoint, root_after, root_before, status,
+         rss0, rss1, tr0, tr1, in0, in1) = item
+        target = route if route is not None else endpoint
+        cache_key = (method, id(target), root_after, root_before)
+        hit = self._resolved.get(cache_key)
+        if hit is None:
+            hit = self._resolve(method, route, endpoint, root_after, root_before)
+            if len(self._resolved) < 4096:  # raw root paths are unbounded: stop caching, stay correct
+                self._resolved[cache_key] = hit
+                self._keep.append(target)
+        key, names = hit
         ts = t0 + self._offset
         duration = t1 - t0
         delta = rss1 - rss0
-        traced = None if tr0 is None or tr1 is None else tr1 - tr0
-        out.append(
-            f'["{REQUEST_TAG}",{ts:.4f},{self._jstr(method)},{self._jstr(template)},{status},'
-            f'{duration:.6f},{rss0},{rss1},{"null" if tr0 is None else tr0},'
-            f'{"null" if tr1 is None else tr1},{in0},{in1}]\n'
-        )
+        out.append(_REQUEST_LINE % (
+            ts, names, status, duration, rss0, rss1,
+            "null" if tr0 is None else tr0, "null" if tr1 is None else tr1, in0, in1))
         self.requests_total += 1
-        key = (method, template)
+        error = status >= 500
         agg = self._interval.get(key)
         if agg is None:
-            self._interval[key] = [1, int(status >= 500), duration, duration, delta, delta, traced]
+            self._interval[key] = [1, int(error), duration, duration, delta, delta,
+                                   None if tr0 is None or tr1 is None else tr1 - tr0]
         else:
             agg[0] += 1
-            agg[1] += status >= 500
+            if error:
+                agg[1] += 1
             agg[2] += duration
             if duration > agg[3]:
                 agg[3] = duration
             agg[4] += delta
             if delta > agg[5]:
                 agg[5] = delta
-            if traced is not None:
-                agg[6] = traced if agg[6] is None else agg[6] + traced
-        total = self._endpoints.get(key)
-        if total is None:
-            self._endpoints[key] = [1, int(status >= 500), duration, duration, delta, delta]
-        else:
-            total[0] += 1
-            total[1] += status >= 500
-            total[2] += duration
-            if duration > total[3]:
-                total[3] = duration
-            total[4] += delta
-            if delta > total[5]:
-                total[5] = delta
+            if tr0 is not None and tr1 is not None:
+                agg[6] = tr1 - tr0 if agg[6] is None else agg[6] + tr1 - tr0
         if delta > _ENDPOINT_LINE_BYTES or delta < -_ENDPOINT_LINE_BYTES:
-            log.append(humanlog.endpoint_line(ts + duration, method, template, delta, status))
+            log.append(humanlog.endpoint_line(ts + duration, key[0], key[1], delta, status))
+
+    def _fold_interval(self) -> None:
+        """Add the current interval's aggregates to the session totals."""
+        for key, (calls, errors, dur_sum, dur_max, d_sum, d_max, _) in self._interval.items():
+            total = self._endpoints.get(key)
+            if total is None:
+                self._endpoints[key] = [calls, errors, dur_sum, dur_max, d_sum, d_max]
+            else:
+                total[0] += calls
+                total[1] += errors
+                total[2] += dur_sum
+                total[3] = max(total[3], dur_max)
+                total[4] += d_sum
+                total[5] = max(total[5], d_max)
+        self._interval = {}
 
     def _sample(self, record: dict[str, Any], out: list[str], log: list[str]) -> None:
         record["requests_total"] = self.requests_total
@@ -194,7 +215,7 @@ class RecordWriter:
                 "rss_delta_bytes_sum": agg[4], "rss_delta_bytes_max": agg[5],
                 "traced_delta_bytes_sum": agg[6],
             }) + "\n")
-        self._interval = {}
+        self._fold_interval()
         self._interval_start = record["ts"]
         log.append(humanlog.sample_line(record["ts"], rss, record["vms_bytes"],
                                         record["rss_delta_bytes"], record["gc_count"]))
@@ -214,6 +235,7 @@ class RecordWriter:
 
     def endpoint_summary(self) -> list[dict[str, Any]]:
         """Per-endpoint totals, sorted by average delta as the seed's summary was."""
+        self._fold_interval()
         rows = []
         for (method, route), (calls, errors, dur_sum, dur_max, d_sum, d_max) in self._endpoints.items():
             rows.append({

@@ -198,3 +198,21 @@ def test_request_records_stay_small(tmp_path):
     lines = [line for line in jsonl.read_text().splitlines() if line.startswith('["r"')]
     assert len(lines) == 50
     assert max(len(line) + 1 for line in lines) <= 140
+
+
+def test_each_sequential_request_sees_its_own_allocation(tmp_path):
+    kept = []
+    app = FastAPI()
+
+    @app.post("/keep")
+    async def keep():
+        kept.append(bytearray(4_000_000))
+        return {}
+
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        asyncio.run(_exchange(app, [("POST", "/keep")] * 5))
+    finally:
+        profiler.stop()
+    deltas = [r["rss_after_bytes"] - r["rss_before_bytes"] for r in read_jsonl(profiler.jsonl_file)["request"]]
+    assert len(deltas) == 5 and all(d >= 3_500_000 for d in deltas), deltas
