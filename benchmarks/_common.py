@@ -42,6 +42,8 @@ def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpus": os.cpu_count(), "ts": round(time.time(), 3), "argv": sys.argv, "versions": versions,
+        # other work on the machine skews wall-clock numbers; ratios within one run are still fair
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -162,7 +164,7 @@ class Server:
 
 def start_server(
     python: str, factory: str, env: dict[str, str], *, http_impl: str = "httptools",
-    ready_path: str = "/tiny", ready_timeout: float = 60.0,
+    ready_path: str = "/tiny", ready_timeout: float = 60.0, graceful_s: int = 3,
 ) -> Server:
     """Start ``python -m uvicorn factory --factory`` in ``benchmarks/`` and wait until it answers.
 
@@ -174,7 +176,7 @@ def start_server(
     fd, stderr_path = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
     cmd = [python, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--no-access-log", "--loop", "asyncio", "--http", http_impl,
-           "--log-level", "warning"]
+           "--log-level", "warning", "--timeout-graceful-shutdown", str(graceful_s)]
     full_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "BENCH_LOG_DIR": log_dir, **env}
     full_env.pop("PYTHONPATH", None)
     with os.fdopen(fd, "wb") as err:
@@ -194,6 +196,29 @@ def start_server(
             server.stop()
             raise RuntimeError(f"server {env.get('BENCH_CONFIG')} not ready after {ready_timeout}s")
         time.sleep(0.05)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by every thread of ``pid`` (schedstat: ns resolution)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def wait_idle(pid: int, timeout_s: float = 15.0, busy: float = 0.15) -> float:
+    """Wait until ``pid`` uses under ``busy`` of a core (requests left over by wrk are done).
+
+    Returns the seconds waited.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        cpu0 = process_cpu_s(pid)
+        time.sleep(0.1)
+        if process_cpu_s(pid) - cpu0 < busy * 0.1:
+            break
+    return round(time.monotonic() - t0, 2)
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}

@@ -206,7 +206,7 @@ def test_each_sequential_request_sees_its_own_allocation(tmp_path):
 
     @app.post("/keep")
     async def keep():
-        kept.append(bytearray(4_000_000))
+        kept.append(b"x" * 4_000_000)  # written, so the pages are resident
         return {}
 
     profiler = leakyspanner(app, log_path=tmp_path, level="basic")
