@@ -47,23 +47,28 @@ class SiteTracker:
         if raw is None:  # private attribute gone: fall back to the public, slower path
             raw = [(0, s.size, tuple((f.filename, f.lineno) for f in s.traceback), 1)
                    for s in snapshot.statistics("traceback")]
+        # Group sizes by traceback into lists first: appending allocates far less
+        # than rebuilding ints per trace, and this loop runs under tracemalloc.
+        groups: dict[tuple[_Site, ...], list[int]] = {}
+        get = groups.get
+        for trace in raw:
+            frames = trace[2]
+            group = get(frames)
+            if group is None:
+                groups[frames] = group = []
+            group.append(trace[1])
         sizes: dict[_Site, int] = {}
         counts: dict[_Site, int] = {}
         by_trace: dict[tuple[_Site, ...], list[int]] = {}
         deep = self.deep_traces > 0
-        for trace in raw:
-            size = trace[1]
-            frames = trace[2]
+        for frames, group in groups.items():
             site = frames[0] if frames else ("<unknown>", 0)
-            sizes[site] = sizes.get(site, 0) + size
-            counts[site] = counts.get(site, 0) + 1
+            total = sum(group)
+            sizes[site] = sizes.get(site, 0) + total
+            counts[site] = counts.get(site, 0) + len(group)
             if deep:
-                acc = by_trace.get(frames)
-                if acc is None:
-                    by_trace[frames] = [size, 1]
-                else:
-                    acc[0] += size
-                    acc[1] += 1
+                by_trace[frames] = [total, len(group)]
+        del groups
         blocks = len(raw)
         del snapshot, raw
         own_blocks = 0

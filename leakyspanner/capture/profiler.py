@@ -67,7 +67,7 @@ class Profiler:
         snapshot_interval_seconds: float | None = None,
         snapshot_cpu_budget: float = 0.02,
         auto_window_seconds: float | None = None,
-        max_buffered_records: int = 100_000,
+        max_buffered_records: int = 50_000,
         proc_root: str = "/proc",
     ) -> None:
         if level not in LEVELS:

@@ -39,6 +39,7 @@ class RouteNamer:
         self._app = app
         self._max_routes = max_routes
         self._cache: dict[tuple[int, str, str], str] = {}
+        self._walked: dict[int, str] = {}
         self._keep: list[object] = []  # keeps cached ids from being reused
         self._endpoints: dict[int, tuple[object, str]] | None = None
 
@@ -53,10 +54,17 @@ class RouteNamer:
             self._endpoints = out
         return self._endpoints
 
+    def is_static(self, route: object, endpoint: object) -> bool:
+        """True when the template of this target never depends on the root path."""
+        return id(route if route is not None else endpoint) in self._walked
+
     def name(self, route: object, endpoint: object, root_after: str, root_before: str) -> str:
         target = route if route is not None else endpoint
         if target is None:
             return UNMATCHED_ROUTE
+        template = self._walked.get(id(target))
+        if template is not None:  # full template from the walk: the raw root path does not matter
+            return template
         key = (id(target), root_after, root_before)
         template = self._cache.get(key)
         if template is not None:
@@ -71,6 +79,9 @@ class RouteNamer:
                 hit = None
         if hit is not None:
             template = hit[1]
+            self._walked[id(target)] = template
+            self._keep.append(target)
+            return template
         elif route is not None and isinstance(getattr(route, "path_format", None), str):
             # a route added after the walk: its own template under the mount's raw prefix
             prefix = ""

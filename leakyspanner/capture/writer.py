@@ -64,6 +64,7 @@ class RecordWriter:
         self._thread: threading.Thread | None = None
         self._json_str: dict[str, str] = {}
         self._resolved: dict[tuple[Any, ...], tuple[tuple[str, str], str]] = {}
+        self._resolved_static: dict[tuple[Any, ...], tuple[tuple[str, str], str]] = {}
         self._keep: list[object] = []
         self._interval: dict[tuple[str, str], list[Any]] = {}
         self._interval_start: float | None = None
@@ -148,13 +149,19 @@ class RecordWriter:
         (_, t0, t1, method, route, endpoint, root_after, root_before, status,
          rss0, rss1, tr0, tr1, in0, in1) = item
         target = route if route is not None else endpoint
-        cache_key = (method, id(target), root_after, root_before)
-        hit = self._resolved.get(cache_key)
+        hit = self._resolved_static.get((method, id(target)))
         if hit is None:
-            hit = self._resolve(method, route, endpoint, root_after, root_before)
-            if len(self._resolved) < 4096:  # raw root paths are unbounded: stop caching, stay correct
-                self._resolved[cache_key] = hit
-                self._keep.append(target)
+            cache_key = (method, id(target), root_after, root_before)
+            hit = self._resolved.get(cache_key)
+            if hit is None:
+                hit = self._resolve(method, route, endpoint, root_after, root_before)
+                if self._routes.is_static(route, endpoint):
+                    if len(self._resolved_static) < 4096:
+                        self._resolved_static[(method, id(target))] = hit
+                        self._keep.append(target)  # keeps the id from being reused
+                elif len(self._resolved) < 4096:  # raw root paths are unbounded: stop caching, stay correct
+                    self._resolved[cache_key] = hit
+                    self._keep.append(target)
         key, names = hit
         ts = t0 + self._offset
         duration = t1 - t0

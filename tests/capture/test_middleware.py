@@ -216,3 +216,19 @@ def test_each_sequential_request_sees_its_own_allocation(tmp_path):
         profiler.stop()
     deltas = [r["rss_after_bytes"] - r["rss_before_bytes"] for r in read_jsonl(profiler.jsonl_file)["request"]]
     assert len(deltas) == 5 and all(d >= 3_500_000 for d in deltas), deltas
+
+
+def test_many_mount_parameter_values_share_one_template_and_cache_entry(tmp_path):
+    async def page(request):
+        return PlainTextResponse("p")
+
+    app = FastAPI()
+    app.mount("/tenants/{tenant}", Starlette(routes=[Route("/page", page)]))
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        asyncio.run(_exchange(app, [("GET", f"/tenants/t{i}/page") for i in range(1500)]))
+    finally:
+        profiler.stop()
+    routes = {r["route"] for r in read_jsonl(profiler.jsonl_file)["request"]}
+    assert routes == {"/tenants/{tenant}/page"}
+    assert len(profiler._writer._resolved) == 0 and len(profiler._writer._resolved_static) == 1
