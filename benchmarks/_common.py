@@ -162,6 +162,13 @@ class Server:
         return self.proc.returncode
 
 
+def pin_prefix(cpu: int) -> list[str]:
+    """``taskset -c cpu`` when there are two CPUs or more to split between server and wrk."""
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
 def start_server(
     python: str, factory: str, env: dict[str, str], *, http_impl: str = "httptools",
     ready_path: str = "/tiny", ready_timeout: float = 60.0, graceful_s: int = 3,
@@ -174,7 +181,10 @@ def start_server(
     port = free_port()
     log_dir = env.get("BENCH_LOG_DIR") or tempfile.mkdtemp(prefix="leakyspanner-bench-")
     fd, stderr_path = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
-    cmd = [python, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
+    # the server (and its writer/sampler threads) on CPU 0, wrk on CPU 1: on a 2-core box
+    # an extra server thread otherwise preempts the load generator and req/s drops more
+    # than the server's CPU cost explains
+    cmd = pin_prefix(0) + [python, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--no-access-log", "--loop", "asyncio", "--http", http_impl,
            "--log-level", "warning", "--timeout-graceful-shutdown", str(graceful_s)]
     full_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "BENCH_LOG_DIR": log_dir, **env}
@@ -238,7 +248,7 @@ def wrk_path() -> str | None:
 def run_wrk(url: str, duration_s: int, *, connections: int = 32, threads: int = 1,
             script: str | None = None) -> dict[str, Any]:
     """One bounded wrk run; returns requests/s, p50/p99 latency (s), errors."""
-    cmd = [wrk_path() or "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
+    cmd = pin_prefix(1) + [wrk_path() or "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
            "--timeout", "10s"]
     if script:
         cmd += ["-s", script]

@@ -1,0 +1,206 @@
+"""Per-request cost of each capture level, in process, with no network.
+
+Each app is called directly through a hand-written ASGI ``receive``/``send``.
+Configs are interleaved in rounds (order shuffled per round); a round builds a
+fresh app per config, runs every endpoint kind ``N`` times and stops the
+profiler again, so tracemalloc (process-global) is only on inside the mid/deep
+windows. The cost of a window is the process CPU time (every thread, so the
+background writer's formatting of these very requests is included) from the
+first request until the writer has taken the last record, divided by ``N``.
+``bare+tm1``/``bare+tm10`` are the bare app with tracemalloc started by hand
+(1 and 10 frames): the floor under mid and deep that no middleware can avoid.
+The sampler interval is 60 s by default so its ticks and allocation snapshots
+stay out of the windows: this is the request path plus the writer; bench_stall
+measures the snapshots and bench_e2e everything together. A slow window (deep
+tracing) stops after 4x the bare window time, with at least 5 requests.
+
+    python -m benchmarks.bench_inprocess [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+from typing import Any
+
+try:
+    from . import _common as common
+    from . import apps
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import _common as common  # type: ignore[no-redef]
+    import apps  # type: ignore[no-redef]
+
+CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "bare+tm1", "bare+tm10")
+# bare+tmN: the bare app with tracemalloc.start(N) around its window, the part of mid (1 frame)
+# and deep (10 frames) that is tracemalloc's own and that no middleware can avoid
+TRACING_CONFIGS = ("mid", "deep", "bare+tm1", "bare+tm10")
+_WARMUP = 30
+_MIN_REQUESTS = 5
+_CAP = 4.0  # a window may take this many times the bare window before it is cut short
+
+
+def _request(kind: str) -> tuple[dict[str, Any], bytes]:
+    method, path = apps.ENDPOINTS[kind]
+    body = apps.VALIDATE_BODY if method == "POST" else b""
+    return common.http_scope(method, path, body), body
+
+
+async def _calibrate(window_s: float) -> dict[str, int]:
+    """Requests per window for each endpoint kind, sized so bare takes about ``window_s``."""
+    app = apps.make_app("bare")
+    counts = {}
+    for kind in apps.ENDPOINTS:
+        scope, body = _request(kind)
+        for _ in range(_WARMUP):
+            await common.call_asgi(app, scope, body)
+        t0 = time.perf_counter()
+        for _ in range(100):
+            await common.call_asgi(app, scope, body)
+        per_request = (time.perf_counter() - t0) / 100
+        counts[kind] = max(50, int(window_s / per_request))
+    return counts
+
+
+async def _wait_written(profiler: Any, total: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while profiler.stats()["requests_total"] < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"writer did not catch up: {profiler.stats()}")
+        await asyncio.sleep(0.002)
+
+
+async def _window(
+    config: str, counts: dict[str, int], order: list[str], window_s: float, interval_s: float,
+) -> dict[str, Any]:
+    """One config's window: fresh app, every endpoint kind, profiler stopped after."""
+    log_dir = tempfile.mkdtemp(prefix=f"leakyspanner-bench-{config}-")
+    gc.collect()
+    if config.startswith("bare+tm"):
+        app = apps.make_app("bare")
+        tracemalloc.start(int(config.removeprefix("bare+tm")))
+    else:
+        app = apps.make_app(config, log_dir=log_dir, interval_seconds=interval_s)
+    profiler = app.state.profiler
+    out: dict[str, Any] = {}
+    try:
+        for kind in order:
+            scope, body = _request(kind)
+            for _ in range(_WARMUP if config not in TRACING_CONFIGS else _MIN_REQUESTS):
+                await common.call_asgi(app, scope, body)
+        tracing = tracemalloc.is_tracing()
+        if tracing != (config in TRACING_CONFIGS):
+            raise RuntimeError(f"{config}: tracemalloc.is_tracing() is {tracing} inside its window")
+        for kind in order:
+            scope, body = _request(kind)
+            written = profiler.stats()["requests_total"] if profiler else 0
+            c0, w0 = time.process_time(), time.perf_counter()
+            deadline = w0 + _CAP * window_s
+            n = 0
+            while n < counts[kind]:
+                await common.call_asgi(app, scope, body)
+                n += 1
+                if n >= _MIN_REQUESTS and not n & 7 and time.perf_counter() > deadline:
+                    break
+            w1 = time.perf_counter()
+            if profiler is not None:
+                await _wait_written(profiler, written + n)
+            c1 = time.process_time()
+            out[kind] = {"cpu_us": (c1 - c0) / n * 1e6, "wall_us": (w1 - w0) / n * 1e6, "n": n, "tracing": tracing}
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        if config.startswith("bare+tm"):
+            tracemalloc.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
+    if tracemalloc.is_tracing():
+        raise RuntimeError(f"{config}: tracemalloc still tracing after profiler.stop()")
+    return out
+
+
+async def _run(configs: list[str], rounds: int, window_s: float, interval_s: float, seed: int) -> dict[str, Any]:
+    if tracemalloc.is_tracing():
+        raise RuntimeError("tracemalloc is already tracing; run without PYTHONTRACEMALLOC")
+    counts = await _calibrate(window_s)
+    rng = random.Random(seed)
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {c: {k: [] for k in apps.ENDPOINTS} for c in configs}
+    for r in range(rounds):
+        order = list(configs)
+        rng.shuffle(order)
+        for config in order:
+            kinds = list(apps.ENDPOINTS)
+            rng.shuffle(kinds)
+            for kind, value in (await _window(config, counts, kinds, window_s, interval_s)).items():
+                samples[config][kind].append(value)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return {"requests_per_window": counts, "samples": samples}
+
+
+def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Median µs/request per config and kind, with ratios to bare and empty."""
+    med = {c: {k: common.median([s["cpu_us"] for s in v]) for k, v in kinds.items()} for c, kinds in samples.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for config, kinds in med.items():
+        out[config] = {}
+        for kind, us in kinds.items():
+            bare = med.get("bare", {}).get(kind)
+            empty = med.get("empty", {}).get(kind)
+            out[config][kind] = {
+                "us_per_request": round(us, 2),
+                "wall_us_per_request": round(common.median([s["wall_us"] for s in samples[config][kind]]), 2),
+                "ratio_to_bare": common.ratio(us, bare) if bare else None,
+                "ratio_to_empty": common.ratio(us, empty) if empty else None,
+                "extra_us_over_bare": round(us - bare, 2) if bare else None,
+                "tracing": any(s["tracing"] for s in samples[config][kind]),
+            }
+    return out
+
+
+def render(summary: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for config, kinds in summary.items():
+        for kind, v in kinds.items():
+            rows.append([config, kind, f"{v['us_per_request']:.1f}", v["ratio_to_bare"], v["ratio_to_empty"],
+                         f"{v['extra_us_over_bare']:+.1f}" if v["extra_us_over_bare"] is not None else None,
+                         "on" if v["tracing"] else "off"])
+    return common.table(["config", "endpoint", "µs/req (CPU)", "× bare", "× empty", "extra µs", "tracemalloc"],
+                        rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 short rounds (~20 s)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 3)")
+    parser.add_argument("--window-s", type=float, help="bare seconds per endpoint window (default 0.3)")
+    parser.add_argument("--interval-s", type=float, default=60.0,
+                        help="profiler interval_seconds (default 60: no sampler tick inside a window)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configs")
+    parser.add_argument("--seed", type=int, default=1, help="shuffle seed")
+    parser.add_argument("--no-seed", action="store_true", help="accepted for run_all; the seed is not run here")
+    args = parser.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad:
+        parser.error(f"unknown config(s) {bad}; choose from {', '.join(CONFIGS)}")
+    rounds = args.rounds or (3 if args.quick else 5)
+    window_s = args.window_s or (0.08 if args.quick else 0.3)
+    t0 = time.monotonic()
+    raw = asyncio.run(_run(configs, rounds, window_s, args.interval_s, args.seed))
+    summary = summarize(raw["samples"])
+    path = common.write_result("inprocess", {
+        "rounds": rounds, "window_s": window_s, "interval_s": args.interval_s, "quick": args.quick, "configs": configs,
+        "elapsed_s": round(time.monotonic() - t0, 1), "summary": summary, **raw,
+    })
+    print(render(summary))
+    print(f"\nwrote {path} in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Event-loop stalls while allocation snapshots are taken, with many live traced blocks.
+
+Each (level, live blocks) pair gets its own uvicorn process. Before the app is
+built the process creates N live blocks (a global list of ``object()``), with
+tracemalloc already on for the tracing levels, so every block is traced. A
+1 ms asyncio ticker measures how late it wakes up while wrk loads ``/tiny``
+(4 connections, so a loop iteration holds at most 4 requests) and the sampler (``interval_seconds=0.5``, ``snapshot_interval_seconds=0.5``,
+default CPU budget 2%) takes snapshots. ``auto`` is measured with tracing on:
+its threshold is 1 MB and the server grows 32 MB at startup, so the first
+sampler tick switches tracing on. The snapshot ``cost_s``/``take_s`` come from
+the session's .jsonl records inside the measured window.
+
+    python -m benchmarks.bench_stall [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+try:
+    from . import _common as common
+    from . import apps
+except ImportError:  # run as a script, or as the server's factory module from benchmarks/
+    import _common as common  # type: ignore[no-redef]
+    import apps  # type: ignore[no-redef]
+
+LEVELS = ("bare", "basic", "mid", "deep", "auto")
+BLOCK_COUNTS = (10_000, 100_000, 1_000_000)
+_FRAMES = {"mid": 1, "deep": 10, "auto": 1}
+_PERIOD_S = 0.001
+# few connections: under saturation the ticker would mostly measure how many requests one
+# loop iteration runs (connections x per-request time), not the stalls snapshots cause
+_CONNECTIONS = 4
+_PROFILER_KW = {"snapshot_interval_seconds": 0.5}
+
+_live_blocks: list[object] = []  # the live traced blocks: kept for the life of the server
+
+
+class Ticker:
+    """A 1 ms asyncio ticker that records how late each wake-up is."""
+
+    def __init__(self) -> None:
+        self.late_s: list[tuple[float, float]] = []
+        self.active = False
+        self.started_ts = 0.0
+
+    async def run(self) -> None:
+        clock = time.perf_counter
+        while True:
+            t = clock()
+            await asyncio.sleep(_PERIOD_S)
+            late = clock() - t - _PERIOD_S
+            if self.active:
+                self.late_s.append((time.time(), late))
+
+    def start(self) -> dict[str, float]:
+        self.late_s = []
+        self.active = True
+        self.started_ts = time.time()
+        return {"ts": self.started_ts}
+
+    def stop(self) -> dict[str, Any]:
+        self.active = False
+        late = [v for _, v in self.late_s]
+        worst = sorted(self.late_s, key=lambda tv: tv[1], reverse=True)[:5]
+        return {
+            "start_ts": self.started_ts, "stop_ts": time.time(), "ticks": len(late),
+            "max_ms": round(max(late, default=0) * 1e3, 3),
+            "p99_ms": round(common.percentile(late, 99) * 1e3, 3) if late else None,
+            "p50_ms": round(common.percentile(late, 50) * 1e3, 3) if late else None,
+            "worst": [[round(ts, 4), round(v * 1e3, 3)] for ts, v in worst],
+        }
+
+
+def stall_app() -> Any:
+    """uvicorn factory run inside the server: live blocks first, then the app, then the ticker."""
+    config = os.environ.get("BENCH_CONFIG", "bare")
+    blocks = int(os.environ.get("BENCH_LIVE_BLOCKS", "0"))
+    if config in _FRAMES:
+        tracemalloc.start(_FRAMES[config])  # so the blocks below are traced
+    _live_blocks[:] = [object() for _ in range(blocks)]
+    ticker = Ticker()
+    ballast: list[bytes] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(ticker.run())
+        if config == "auto":
+            ballast.append(b"x" * (32 << 20))  # RSS growth past the 1 MB threshold: tracing goes on
+        yield
+        task.cancel()
+
+    kw: dict[str, Any] = dict(_PROFILER_KW)
+    if config == "auto":
+        kw.update(leak_threshold_mb=1, auto_window_seconds=3600)
+    app = apps.make_app(config, log_dir=os.environ.get("BENCH_LOG_DIR"), interval_seconds=0.5,
+                        lifespan=lifespan, **({} if config == "bare" else kw))
+
+    @app.get("/_stall/start")
+    async def start() -> dict[str, float]:
+        return ticker.start()
+
+    @app.get("/_stall/stop")
+    async def stop() -> dict[str, Any]:
+        return ticker.stop()
+
+    @app.get("/_stall/tracing")
+    async def tracing() -> dict[str, bool]:
+        profiler = app.state.profiler
+        return {"tracing": bool(profiler and profiler.stats()["tracing"])}
+
+    return app
+
+
+def _snapshots(log_dir: str, start_ts: float, stop_ts: float) -> list[dict[str, Any]]:
+    """Snapshot records whose work (``ts - cost_s`` to ``ts``) overlaps the window, with that overlap."""
+    out = []
+    for path in Path(log_dir).glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            if line.startswith('{"kind":"snapshot"'):
+                record = json.loads(line)
+                overlap = min(record["ts"], stop_ts) - max(record["ts"] - record["cost_s"], start_ts)
+                if overlap > 0:
+                    out.append({**{k: record.get(k) for k in ("ts", "blocks", "take_s", "cost_s")},
+                                "in_window_s": round(overlap, 6)})
+    return out
+
+
+def _one(config: str, blocks: int, duration_s: int) -> dict[str, Any]:
+    log_dir = tempfile.mkdtemp(prefix=f"leakyspanner-bench-stall-{config}-")
+    env = {"BENCH_CONFIG": config, "BENCH_LIVE_BLOCKS": str(blocks), "BENCH_LOG_DIR": log_dir}
+    server = common.start_server(sys.executable, "bench_stall:stall_app", env, ready_timeout=120)
+    try:
+        if config == "auto":  # wait for the sampler to switch tracing on
+            deadline = time.monotonic() + 10
+            while not json.loads(common.http_get(server.port, "/_stall/tracing")[1])["tracing"]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("auto did not switch tracing on within 10 s")
+                time.sleep(0.05)
+        common.http_get(server.port, "/_stall/start")
+        load = common.run_wrk(f"http://127.0.0.1:{server.port}/tiny", duration_s, connections=_CONNECTIONS)
+        stall = json.loads(common.http_get(server.port, "/_stall/stop", timeout=60)[1])
+        if config in _FRAMES:  # a snapshot still running when the window closed: wait for its record
+            deadline = time.monotonic() + 180
+            while not _snapshots(log_dir, stall["start_ts"], stall["stop_ts"]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        server.stop(timeout=60)
+        Path(server.stderr_path).unlink(missing_ok=True)
+    snaps = _snapshots(log_dir, stall["start_ts"], stall["stop_ts"])
+    shutil.rmtree(log_dir, ignore_errors=True)
+    wall = stall["stop_ts"] - stall["start_ts"]
+    in_window = sum(s["in_window_s"] for s in snaps)
+    return {
+        "config": config, "live_blocks": blocks, "wall_s": round(wall, 3), "rps": load["rps"],
+        "stall_max_ms": stall["max_ms"], "stall_p99_ms": stall["p99_ms"], "stall_p50_ms": stall["p50_ms"],
+        "worst_stalls": stall["worst"], "ticks": stall["ticks"], "snapshots": len(snaps),
+        "snapshot_cost_s": [s["cost_s"] for s in snaps], "snapshot_take_s": [s["take_s"] for s in snaps],
+        "snapshot_blocks": [s["blocks"] for s in snaps],
+        # snapshot work inside the window over the window's wall time (cost_s is wall time of the
+        # sampler thread, so under load it includes waiting for the GIL)
+        "snapshot_cpu_share": round(in_window / wall, 4) if wall > 0 else None,
+    }
+
+
+def render(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in runs:
+        rows.append([r["config"], f"{r['live_blocks']:,}", r["snapshots"],
+                     f"{max(r['snapshot_take_s'], default=0) * 1e3:.1f}" if r["snapshots"] else "",
+                     f"{max(r['snapshot_cost_s'], default=0) * 1e3:.1f}" if r["snapshots"] else "",
+                     f"{r['snapshot_cpu_share'] * 100:.2f}%", f"{r['stall_p50_ms']:.2f}", f"{r['stall_p99_ms']:.2f}",
+                     f"{r['stall_max_ms']:.1f}", f"{r['rps']:.0f}"])
+    return common.table(["config", "live blocks", "snapshots", "max take ms", "max cost ms", "snapshot share",
+                         "stall p50 ms", "stall p99 ms", "stall max ms", "req/s"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100k blocks only, 3 s runs (~30 s)")
+    parser.add_argument("--duration", type=int, help="wrk seconds per run (default 6, quick 3)")
+    parser.add_argument("--blocks", help="comma-separated live block counts (default 10000,100000,1000000)")
+    parser.add_argument("--configs", default=",".join(LEVELS), help="comma-separated levels")
+    parser.add_argument("--no-seed", action="store_true", help="accepted for run_all; the seed is not run here")
+    args = parser.parse_args(argv)
+    if common.wrk_path() is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    counts = [int(b) for b in args.blocks.split(",")] if args.blocks else (
+        [100_000] if args.quick else list(BLOCK_COUNTS))
+    configs = [c for c in args.configs.split(",") if c]
+    bad = [c for c in configs if c not in LEVELS]
+    if bad:
+        parser.error(f"unknown level(s) {bad}; choose from {', '.join(LEVELS)}")
+    duration = args.duration or (3 if args.quick else 6)
+    t0 = time.monotonic()
+    runs = []
+    for blocks in counts:
+        for config in configs:
+            runs.append(_one(config, blocks, duration))
+            print(f"  {config} {blocks:,} blocks done ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+    path = common.write_result("stall", {
+        "duration_s": duration, "quick": args.quick, "ticker_period_s": _PERIOD_S, "connections": _CONNECTIONS,
+        "profiler_kw": {"interval_seconds": 0.5, **_PROFILER_KW}, "runs": runs,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+    })
+    print(render(runs))
+    print(f"\nwrote {path} in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Run every benchmark, then write benchmarks/RESULTS.md: tables and the issue's budgets, MET or NOT MET.
+
+Each benchmark runs in its own process (tracemalloc is process-global) and
+writes its JSON under benchmarks/results/; this script only reads those.
+A missed budget is a finding, not a failure: the exit code is non-zero only
+when a benchmark crashed.
+
+    python -m benchmarks.run_all [--quick] [--no-seed] [--only e2e,stall] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+try:
+    from . import _common as common
+    from . import bench_e2e, bench_inprocess, bench_memory, bench_stall
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import _common as common  # type: ignore[no-redef]
+    import bench_e2e  # type: ignore[no-redef]
+    import bench_inprocess  # type: ignore[no-redef]
+    import bench_memory  # type: ignore[no-redef]
+    import bench_stall  # type: ignore[no-redef]
+
+BENCHMARKS = ("inprocess", "e2e", "stall", "memory")
+KINDS = ("tiny", "validate", "alloc", "stream")
+# "bounded": what one more full cycle of 100k distinct values may add, and the most the profiler may hold
+_GROWTH_LIMIT_BYTES = 64 * 1024
+_STATE_LIMIT_BYTES = 1024 * 1024
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = common.RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("MET" if ok else "NOT MET")
+
+
+def budgets(results: dict[str, Any]) -> list[list[str]]:
+    """One row per budget: budget, verdict, measured."""
+    rows: list[list[str]] = []
+    inproc = (results.get("inprocess") or {}).get("summary", {})
+    e2e_all = (results.get("e2e") or {}).get("results", {})
+    e2e = next(iter(e2e_all.values()), {}).get("summary", {}) if e2e_all else {}
+    stall = (results.get("stall") or {}).get("runs", [])
+    memory = (results.get("memory") or {}).get("runs", {})
+
+    basic = e2e.get("basic", {})
+    if basic:
+        ratios = {k: basic[k].get("rps_ratio_to_bare") for k in KINDS if k in basic}
+        cpu = {k: basic[k].get("cpu_ratio_to_bare") for k in KINDS if k in basic}
+        ok = all(r is not None and r >= 0.95 for r in ratios.values())
+        rows.append(["basic >= 0.95 of bare throughput, every endpoint kind (e2e req/s)", _verdict(ok),
+                     "req/s × bare: " + ", ".join(f"{k} {v}" for k, v in ratios.items())
+                     + "; server CPU/req × bare: " + ", ".join(f"{k} {v}" for k, v in cpu.items())])
+    if inproc.get("basic"):
+        extra = {k: inproc["basic"][k]["extra_us_over_bare"] for k in KINDS if k in inproc["basic"]}
+        rows.append(["(context) basic's extra CPU per request in process", "",
+                     ", ".join(f"{k} {v:+.1f} µs" for k, v in extra.items())])
+
+    by_blocks: dict[int, dict[str, dict[str, Any]]] = {}
+    for run in stall:
+        by_blocks.setdefault(run["live_blocks"], {})[run["config"]] = run
+    pairs = [(b, r["basic"]["stall_p99_ms"], r["bare"]["stall_p99_ms"]) for b, r in sorted(by_blocks.items())
+             if "basic" in r and "bare" in r]
+    if pairs:
+        rows.append(["basic's p99 event-loop stall not above bare's", _verdict(all(b <= a for _, b, a in pairs)),
+                     "; ".join(f"{n:,} blocks: basic {b:.2f} ms vs bare {a:.2f} ms" for n, b, a in pairs)])
+
+    if inproc.get("auto") and inproc.get("basic"):
+        rel = {k: common.ratio(inproc["auto"][k]["us_per_request"], inproc["basic"][k]["us_per_request"])
+               for k in KINDS if k in inproc["auto"]}
+        tracing = any(inproc["auto"][k]["tracing"] for k in rel)
+        ok = not tracing and all(v is not None and v <= 1.05 for v in rel.values())
+        e2e_rel = ""
+        if e2e.get("auto") and basic:
+            e2e_rel = "; e2e req/s auto/basic: " + ", ".join(
+                f"{k} {common.ratio(e2e['auto'][k]['rps'], basic[k]['rps'])}" for k in KINDS
+                if k in e2e["auto"] and k in basic and e2e["auto"][k]["rps"] and basic[k]["rps"])
+        rows.append(["auto while no growth = basic (in-process CPU within 5%, tracemalloc off)", _verdict(ok),
+                     "CPU auto/basic: " + ", ".join(f"{k} {v}" for k, v in rel.items())
+                     + f"; tracemalloc {'on' if tracing else 'off'}" + e2e_rel])
+
+    for level in ("mid", "deep"):
+        if f"seed-{level}" not in e2e or level not in e2e:
+            rows.append([f"{level} >= 5x the seed's throughput at {level}, every endpoint kind", "n/a",
+                         f"seed-{level} not measured (seed venv missing, --no-seed or --quick)"])
+            continue
+        ratios = {}
+        for k in KINDS:
+            v = e2e[level].get(k, {})
+            r = v.get("rps_ratio_to_seed")
+            ratios[k] = None if r is None else (f">= {r}" if v.get("rps_ratio_to_seed_is_lower_bound") else r)
+        ok = all(r is not None and float(str(r).lstrip(">= ")) >= 5 for r in ratios.values())
+        rows.append([f"{level} >= 5x the seed's throughput at {level}, every endpoint kind", _verdict(ok),
+                     "req/s × seed: " + ", ".join(f"{k} {v}" for k, v in ratios.items())])
+
+    tracing_runs = [r for r in stall if r["config"] in ("mid", "deep", "auto")]
+    if tracing_runs:
+        worst = max(tracing_runs, key=lambda r: r["snapshot_cpu_share"])
+        ok = all(r["snapshot_cpu_share"] <= 0.02 for r in tracing_runs)
+        rows.append(["snapshot work <= 2% of wall time", _verdict(ok),
+                     "; ".join(f"{r['config']} {r['live_blocks']:,}: {r['snapshot_cpu_share'] * 100:.1f}%"
+                               for r in tracing_runs) + f" (worst {worst['config']} {worst['live_blocks']:,})"])
+    at_100k = [r for r in stall if r["live_blocks"] == 100_000 and r["config"] != "bare"]
+    if at_100k:
+        ok = all(r["stall_max_ms"] <= 50 for r in at_100k)
+        bare = next((r for r in stall if r["live_blocks"] == 100_000 and r["config"] == "bare"), None)
+        rows.append(["no single stall above 50 ms at 100k live blocks", _verdict(ok),
+                     ", ".join(f"{r['config']} {r['stall_max_ms']:.0f} ms" for r in at_100k)
+                     + (f" (bare {bare['stall_max_ms']:.0f} ms)" if bare else "")])
+
+    prof = {k: v for k, v in memory.items() if k != "bare-paths"}
+    if prof:
+        ok = all(v["traced_growth_bytes"] <= _GROWTH_LIMIT_BYTES and v["state_bytes"]["total"] <= _STATE_LIMIT_BYTES
+                 and v["state"]["requests_dropped"] == 0 for v in prof.values())
+        any_run = next(iter(prof.values()))
+        rows.append([f"profiler memory bounded ({any_run['requests']:,} requests, {any_run['distinct']:,} distinct "
+                     f"values: last cycle adds <= 64 KiB, state <= 1 MiB)", _verdict(ok),
+                     "; ".join(f"{k}: +{v['traced_growth_bytes']:,} B traced in last cycle, state "
+                               f"{v['state_bytes']['total']:,} B, RSS +{v['rss_growth_bytes']:,} B"
+                               for k, v in prof.items())])
+    return rows
+
+
+def report(results: dict[str, Any]) -> str:
+    """The whole RESULTS.md text."""
+    env = next((r["environment"] for r in results.values() if r), {})
+    quick = any(r.get("quick") for r in results.values() if r)
+    out = [
+        "# Benchmark results",
+        "",
+        f"Written by `python -m benchmarks.run_all{' --quick' if quick else ''}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(env.get('ts', time.time())))}: Python "
+        f"{env.get('python')}, {env.get('cpus')} CPUs, {env.get('platform')}; "
+        + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + ".",
+        "",
+        "Load average when each benchmark ended (other work on the machine skews wall-clock numbers): "
+        + ", ".join(f"{n} {r['environment'].get('loadavg_at_end')}" for n, r in results.items() if r) + ".",
+        "How each number is measured: benchmarks/README.md. Raw data: benchmarks/results/*.json.",
+        "",
+        "## Budgets",
+        "",
+        common.table(["budget", "verdict", "measured"], budgets(results)),
+    ]
+    if results.get("inprocess"):
+        r = results["inprocess"]
+        out += ["", "## In process: CPU µs per request (request path + writer thread)", "",
+                f"{r['rounds']} rounds, configs interleaved, median; sampler interval {r['interval_s']} s.", "",
+                bench_inprocess.render(r["summary"])]
+    if results.get("e2e"):
+        r = results["e2e"]
+        for impl, data in r["results"].items():
+            out += ["", f"## End to end: uvicorn --http {impl} under wrk", "",
+                    f"`wrk -t1 -c{r['connections']} -d{r['duration_s']}s --latency`, {r['rounds']} round(s), "
+                    "median; ratios to bare from the same run. `cpu µs/req` is the server's CPU time "
+                    "(all threads) per request.", "", bench_e2e.render(data["summary"])]
+    if results.get("stall"):
+        r = results["stall"]
+        out += ["", "## Event-loop stalls with live traced blocks", "",
+                f"1 ms ticker lateness while `wrk -c{r.get('connections')}` loads /tiny for {r['duration_s']} s; "
+                "snapshot share = snapshot work inside the window / window wall time.", "",
+                bench_stall.render(r["runs"])]
+    if results.get("memory"):
+        r = results["memory"]
+        out += ["", "## The profiler's own memory", "", bench_memory.render(r["runs"])]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
+    parser.add_argument("--no-seed", action="store_true", help="skip leakyspanner 0.1.2 (no venv created)")
+    parser.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md from results/*.json")
+    args = parser.parse_args(argv)
+    names = [n for n in (args.only or ",".join(BENCHMARKS)).split(",") if n]
+    bad = [n for n in names if n not in BENCHMARKS]
+    if bad:
+        parser.error(f"unknown benchmark(s) {bad}; choose from {', '.join(BENCHMARKS)}")
+    crashed = []
+    t0 = time.monotonic()
+    if not args.report_only:
+        for name in names:
+            cmd = [sys.executable, "-m", f"benchmarks.bench_{name}"] + ["--quick"] * args.quick
+            cmd += ["--no-seed"] * args.no_seed
+            print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+            if subprocess.run(cmd, cwd=common.REPO_ROOT).returncode != 0:
+                crashed.append(name)
+    results = {name: _load(name) for name in BENCHMARKS}
+    text = report(results)
+    path = common.BENCH_DIR / "RESULTS.md"
+    path.write_text(text)
+    print(f"\n{common.table(['budget', 'verdict', 'measured'], budgets(results))}")
+    print(f"\nwrote {path} in {time.monotonic() - t0:.0f} s")
+    if crashed:
+        print(f"crashed: {', '.join(crashed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
