@@ -286,7 +286,7 @@ def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_t
 
 
 # ---------------------------------------------------------------- sites
-def _sites(s: Sessions, sid: str, suspect: EndpointAttribution | None, warm_ts: float) -> list[GrowingSite]:
+def _sites(s: Sessions, sid: str, candidates: Sequence[EndpointAttribution], warm_ts: float) -> list[GrowingSite]:
     sites = s.sites[s.sites["session_id"] == sid] if len(s.sites) else s.sites
     if not len(sites):
         return []
@@ -300,15 +300,14 @@ def _sites(s: Sessions, sid: str, suspect: EndpointAttribution | None, warm_ts: 
         return []
     pivot = sites.pivot_table(index="site", columns="snapshot_seq", values="size_bytes", aggfunc="sum")
     counts = sites.pivot_table(index="site", columns="snapshot_seq", values="count", aggfunc="sum")
-    first_seq, last_seq = snaps[0], snaps[-1]
-    t_first, t_last = float(snap_ts[first_seq]), float(snap_ts[last_seq])
-    per_call_calls = None
-    if suspect is not None:
-        req = s.requests[s.requests["session_id"] == sid]
+    # Cumulative calls of each leaking endpoint, to tie each growing site to the
+    # endpoint whose calls track its size best (several leaks can run at once).
+    cumulative: dict[str, np.ndarray] = {}
+    req = s.requests[s.requests["session_id"] == sid] if len(s.requests) else s.requests
+    for e in candidates:
         if len(req):
-            mask = ((req["route"].astype(str) == suspect.route) & (req["method"].astype(str) == suspect.method)
-                    & (req["ts"] > t_first) & (req["ts"] <= t_last))
-            per_call_calls = int(mask.sum())
+            mask = (req["route"].astype(str) == e.route) & (req["method"].astype(str) == e.method)
+            cumulative[f"{e.method} {e.route}"] = np.sort(req.loc[mask, "ts"].to_numpy(dtype=float, na_value=np.nan))
     meta = sites.drop_duplicates("site").set_index("site")[["file", "line"]]
     out = []
     for site, row in pivot.iterrows():
@@ -327,14 +326,27 @@ def _sites(s: Sessions, sid: str, suspect: EndpointAttribution | None, warm_ts: 
         span_s = float(snap_ts[seqs[-1]] - snap_ts[seqs[0]]) or math.nan
         count_row = counts.loc[site].dropna()
         count_growth = int(count_row.iloc[-1] - count_row.iloc[0]) if len(count_row) >= 2 else 0
-        per_call = growth / per_call_calls if per_call_calls else None
+        per_call, per_route = None, None
+        seen_ts = np.array([float(snap_ts[q]) for q in seqs])
+        best = -2.0
+        for name, times in cumulative.items():
+            calls_at = np.searchsorted(times, seen_ts, side="right").astype(float)
+            made = calls_at[-1] - calls_at[0]
+            if made <= 0:
+                continue
+            sizes_seen = seen.to_numpy(dtype=float)
+            fit = 0.0
+            if len(seen) >= 3 and calls_at.std() > 0 and sizes_seen.std() > 0:
+                fit = float(np.corrcoef(calls_at, sizes_seen)[0, 1])
+            if fit > best:
+                best, per_call, per_route = fit, growth / made, name
         out.append(GrowingSite(
             site=str(site), file=str(meta.loc[site, "file"]), line=int(meta.loc[site, "line"]),
             first_size_bytes=int(first), last_size_bytes=int(last), growth_bytes=int(growth),
             growth_per_snapshot_bytes=growth / max(1, len(seen) - 1),
             growth_per_hour_bytes=growth / span_s * 3600 if span_s == span_s else math.nan,
             rising_fraction=round(rising, 3), count_growth=count_growth,
-            bytes_per_call=per_call, per_call_route=(f"{suspect.method} {suspect.route}" if per_call else None),
+            bytes_per_call=per_call, per_call_route=per_route,
         ))
     out.sort(key=lambda g: g.growth_bytes, reverse=True)
     return out[:15]
@@ -505,7 +517,8 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
         for e in endpoints:
             e.significant = False
     suspect = next((e for e in endpoints if e.significant), None)
-    sites = _sites(sessions, sid, suspect, warm_ts) if leaking else []
+    candidates = [e for e in endpoints if e.significant] or ([endpoints[0]] if endpoints else [])
+    sites = _sites(sessions, sid, candidates, warm_ts) if leaking else []
     notes = [f"attribution basis: {basis}"]
     dropped = info.get("requests_dropped")
     if pd.notna(dropped) and float(dropped) > 0:
