@@ -150,8 +150,8 @@ def _trend(metric: str, t: np.ndarray, y: np.ndarray, requests_after_warmup: int
 
 
 # ---------------------------------------------------------------- attribution
-def _interval_matrix(s: Sessions, sid: str, samples: pd.DataFrame, after_ts: float
-                     ) -> tuple[np.ndarray, list[tuple[str, str]], np.ndarray, dict[str, np.ndarray]]:
+def _interval_matrix(s: Sessions, sid: str, samples: pd.DataFrame
+                     ) -> tuple[np.ndarray, list[tuple[str, str]], np.ndarray]:
     """Calls per endpoint per sampling interval, and the interval end times."""
     ts = samples["ts"].to_numpy(dtype=float, na_value=np.nan)
     intervals = s.intervals[s.intervals["session_id"] == sid] if len(s.intervals) else s.intervals
@@ -165,14 +165,14 @@ def _interval_matrix(s: Sessions, sid: str, samples: pd.DataFrame, after_ts: flo
     else:  # legacy logs and older files: bin the request records by sample time
         req = s.requests[s.requests["session_id"] == sid]
         if not len(req) or len(ts) < 2:
-            return np.zeros((len(ts), 0)), [], ts, {}
+            return np.zeros((len(ts), 0)), [], ts
         keys = list(zip(req["method"].astype(str), req["route"].astype(str)))
         bins = np.searchsorted(ts, req["ts"].to_numpy(dtype=float, na_value=np.nan) + req["duration_s"].fillna(0).to_numpy(dtype=float, na_value=np.nan))
         frame = pd.DataFrame({"bin": bins, "key": keys, "calls": 1.0})
         table = frame.pivot_table(index="bin", columns="key", values="calls", aggfunc="sum", fill_value=0.0)
         table = table.reindex(range(len(ts)), fill_value=0.0)
     keys_out = list(table.columns)
-    return table.to_numpy(dtype=float, na_value=np.nan), keys_out, ts, {}
+    return table.to_numpy(dtype=float), keys_out, ts
 
 
 def _floors(s: Sessions, sid: str, samples: pd.DataFrame, metric: str) -> np.ndarray:
@@ -218,20 +218,20 @@ def _huber_nnls(design: np.ndarray, y: np.ndarray, iterations: int = 6) -> np.nd
 
 
 def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_ts: float, seed: int = 0
-               ) -> tuple[list[EndpointAttribution], str]:
+               ) -> list[EndpointAttribution]:
     """Retained bytes per call: the memory floor regressed on cumulative calls per endpoint.
 
     Levels rather than per-interval differences: the floor's noise does not
     accumulate, while a leak does, and allocator lumpiness (RSS that grows
     only once freed memory is used up) averages out over the session.
     """
-    x, keys, ts, _ = _interval_matrix(s, sid, samples, warm_ts)
+    x, keys, ts = _interval_matrix(s, sid, samples)
     if not keys:
-        return [], metric
+        return []
     y = _floors(s, sid, samples, metric)
     keep = (ts > warm_ts) & np.isfinite(y)
     if keep.sum() < 6:
-        return [], metric
+        return []
     cumulative = np.cumsum(x, axis=0)[keep]
     cumulative = cumulative - cumulative[0]
     yk = y[keep] - y[keep][0]
@@ -282,7 +282,7 @@ def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_t
             share_of_growth=contribution / explained, significant=significant,
         ))
     out.sort(key=lambda e: (e.significant, e.retained_bytes_per_call * e.calls), reverse=True)
-    return out, metric
+    return out
 
 
 # ---------------------------------------------------------------- sites
@@ -371,10 +371,23 @@ def _series_trend(samples: pd.DataFrame, column: str) -> tuple[float, float, flo
     return growth, lo, float(np.median(y[:tenth]))
 
 
+#: Counted resources that leak on their own: (sample column, kind, label,
+#: minimum growth, evidence key, remedies).
+_COUNTED_RESOURCES = (
+    ("open_fds", "file_descriptors", "open file descriptors", 20, "fd_growth",
+     ("Close connections, files and clients: use `async with` / `with`, or close them in a finally.",
+      "Create HTTP clients and DB pools once (on lifespan startup) and reuse them; close them on shutdown.",
+      "Check `ls -l /proc/<pid>/fd` to see what kind of descriptors pile up.")),
+    ("threads", "threads", "threads", 5, "thread_growth",
+     ("Reuse one ThreadPoolExecutor instead of creating one per request, and shut it down.",
+      "Look for libraries started per request that spawn background threads.")),
+)
+
+
 def _kinds(s: Sessions, sid: str, samples: pd.DataFrame, rss: Trend, traced: Trend | None) -> list[LeakKind]:
     kinds: list[LeakKind] = []
     growth, lo, first = _series_trend(samples, "asyncio_tasks")
-    if growth == growth and lo > 0 and growth >= max(20, 0.5 * first):
+    if lo > 0 and growth >= max(20, 0.5 * first):  # NaN (no data) fails the comparisons
         tasks = s.tasks[s.tasks["session_id"] == sid] if len(s.tasks) else s.tasks
         names: dict[str, float] = {}
         if len(tasks):
@@ -390,20 +403,11 @@ def _kinds(s: Sessions, sid: str, samples: pd.DataFrame, rss: Trend, traced: Tre
             ["Await or cancel the tasks you create (keep a reference and cancel on shutdown).",
              "Use asyncio.TaskGroup or a bounded queue with a fixed number of workers instead of fire-and-forget create_task.",
              "Add timeouts (asyncio.timeout) to awaits that can hang forever."]))
-    growth, lo, first = _series_trend(samples, "open_fds")
-    if growth == growth and lo > 0 and growth >= 20:
-        kinds.append(LeakKind(
-            "file_descriptors", f"open file descriptors keep growing: +{int(growth)} (from {int(first)})",
-            {"fd_growth": growth},
-            ["Close connections, files and clients: use `async with` / `with`, or close them in a finally.",
-             "Create HTTP clients and DB pools once (on lifespan startup) and reuse them; close them on shutdown.",
-             "Check `ls -l /proc/<pid>/fd` to see what kind of descriptors pile up."]))
-    growth, lo, first = _series_trend(samples, "threads")
-    if growth == growth and lo > 0 and growth >= 5:
-        kinds.append(LeakKind(
-            "threads", f"threads keep growing: +{int(growth)} (from {int(first)})", {"thread_growth": growth},
-            ["Reuse one ThreadPoolExecutor instead of creating one per request, and shut it down.",
-             "Look for libraries started per request that spawn background threads."]))
+    for column, kind, label, minimum, key, remedies in _COUNTED_RESOURCES:
+        growth, lo, first = _series_trend(samples, column)
+        if lo > 0 and growth >= minimum:
+            kinds.append(LeakKind(kind, f"{label} keep growing: +{int(growth)} (from {int(first)})",
+                                  {key: growth}, list(remedies)))
     if "gc_garbage" in samples:
         g = samples["gc_garbage"].dropna()
         unc = samples[[c for c in samples.columns if c.startswith("gc_uncollectable_")]].sum(axis=1) if any(
@@ -501,7 +505,7 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
     if (traced is not None and traced.status == "leaking" and samples["traced_bytes"].notna().all()
             and (rss.slope_bytes_per_s <= 0 or traced.slope_bytes_per_s >= 0.5 * rss.slope_bytes_per_s)):
         basis = "traced_bytes"
-    endpoints, basis = _attribute(sessions, sid, samples, basis, warm_ts) if len(samples) else ([], basis)
+    endpoints = _attribute(sessions, sid, samples, basis, warm_ts) if len(samples) else []
     kinds = _kinds(sessions, sid, samples, rss, traced)
     resource_leak = any(k.kind in ("asyncio_tasks", "file_descriptors", "threads", "gc_uncollectable") for k in kinds)
     memory_leak = rss.status == "leaking" or (traced is not None and traced.status == "leaking")
@@ -512,8 +516,7 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
         status = rss.status
     else:
         status = "no leak"
-    if not leaking:
-        endpoints = [e for e in endpoints]  # kept for the table; none is called a leaker
+    if not leaking:  # endpoints stay in the table; none is called a leaker
         for e in endpoints:
             e.significant = False
     suspect = next((e for e in endpoints if e.significant), None)

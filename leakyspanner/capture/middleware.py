@@ -105,8 +105,10 @@ class LeakyspannerMiddleware:
             elif message_type == "http.response.body":
                 if not done and not message.get("more_body", False):
                     finish()
-            elif message_type == "websocket.close" or message_type == "websocket.http.response.start":
-                status = message.get("code", 1000) if message_type == "websocket.close" else message["status"]
+            elif message_type == "websocket.close":
+                status = message.get("code", 1000)
+            elif message_type == "websocket.http.response.start":  # handshake denied with an HTTP response
+                status = message["status"]
 
         try:
             await self.app(scope, receive, send_watching)
