@@ -140,8 +140,10 @@ FIELDS: dict[str, dict[str, str]] = {
         "blocks": "int, live traced blocks in the snapshot",
         "sites_total": "int, distinct file:line sites",
         "frames": "int, tracemalloc frames per traceback",
-        "cost_s": "float, wall time spent taking and grouping the snapshot",
-        "take_s": "float, of which tracemalloc.take_snapshot() (GIL held)",
+        "cost_s": "float, wall time spent taking and grouping the snapshot, in either process",
+        "take_s": "float, of which tracemalloc.take_snapshot()",
+        "stall_s": "float, of cost_s, the time this process's threads were held up (all of it inline; fork() and reading the answer when forked); absent in older logs",
+        "mode": '"inline" | "fork": where the snapshot was taken; absent in older logs',
         "site_fields": 'list[str], ["file", "line", "size_bytes", "count", "size_diff_bytes", "count_diff"]',
         "sites": "list[list], top sites by size and by growth since the previous snapshot",
         "traces": "list[object], deep only: {size_bytes, count, frames: [[file, line], ...]}",
@@ -158,7 +160,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "event": {
         "kind": '"event"',
         "ts": "float, Unix seconds",
-        "event": '"tracing_started" | "tracing_stopped" | "internal_error" | "forked"',
+        "event": '"tracing_started" | "tracing_stopped" | "internal_error" | "forked" | "snapshot_fork_failed"',
         "detail": "str",
     },
     "summary": {

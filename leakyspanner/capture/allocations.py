@@ -1,80 +1,236 @@
-"""tracemalloc snapshots grouped by allocation site, cheaply.
+"""tracemalloc snapshots grouped by allocation site, cheaply, off the GIL where it pays.
+
+``tracemalloc.take_snapshot()`` copies every live trace while holding the GIL:
+about 0.3 µs per block, so 100k blocks stall the event loop ~30 ms and 1M
+blocks ~300 ms, plus as much again to group them. On Linux the snapshot is
+therefore taken in a forked child (``mode="fork"``): the child inherits the
+tracing tables copy-on-write, groups the traces by site and sends back the
+per-site totals, and the app is held up only for the ``fork()`` (page tables,
+about 20 ms per GB of RSS) and for reading the answer. ``auto`` picks
+whichever is predicted to stall less, from the last measured costs; a child
+that fails or hangs is killed and the session falls back to ``inline``.
 
 ``Snapshot.filter_traces`` walks and copies every trace (about 30x the cost
 of taking the snapshot), so instead one pass groups the raw traces by their
-most recent frame and leakyspanner's own files are dropped from the groups.
-The previous grouping is kept so each snapshot can report growth per site.
+traceback and leakyspanner's own files are dropped from the groups. The
+previous grouping is kept so each snapshot can report growth per site.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
+import select
+import signal
+import sys
 import time
 import tracemalloc
+import warnings
 from typing import Any
 
-__all__ = ["SiteTracker"]
+__all__ = ["SNAPSHOT_MODES", "SiteTracker"]
+
+#: How a snapshot is taken; ``auto`` forks when that is predicted to stall less.
+SNAPSHOT_MODES = ("auto", "fork", "inline")
 
 # Only the capture side's own files: the bundled demo app's leaks must stay visible.
 _CAPTURE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _OWN_PREFIXES = (_CAPTURE_DIR, tracemalloc.__file__)
 _Site = tuple[str, int]
+# (take_s, blocks, own_blocks, frames, [(file, line, size, count)], [(size, count, frames)])
+_Grouped = tuple[float, int, int, int, list[tuple[str, int, int, int]], list[tuple[int, int, Any]]]
+
+_CAN_FORK = sys.platform == "linux" and hasattr(os, "fork")
+# Starting guesses, replaced by what this process measures.
+_INLINE_S_PER_BLOCK = 0.6e-6     # take_snapshot + grouping, GIL held
+_FORK_S_PER_BYTE = 20e-3 / 2**30  # fork(): copying page tables
+_TM_BYTES_PER_BLOCK = 48          # tracemalloc's own memory per live block, to estimate blocks
+_CHILD_TIMEOUT_S = 30.0
+_MAX_FORK_FAILURES = 2
+
+# Python >= 3.12 warns on fork() in a threaded process. The child here runs
+# only this module's code and exits with os._exit, so the warning is noise.
+warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning,
+                        module=__name__)
 
 
 def _own(filename: str) -> bool:
     return filename.startswith(_OWN_PREFIXES)
 
 
+def _group_snapshot(deep_traces: int) -> _Grouped:
+    """Take a snapshot and group it by site (and, for deep, by whole traceback)."""
+    t0 = time.perf_counter()
+    snapshot = tracemalloc.take_snapshot()
+    take_s = time.perf_counter() - t0
+    raw = getattr(getattr(snapshot, "traces", None), "_traces", None)
+    if raw is None:  # private attribute gone: fall back to the public, slower path
+        raw = [(0, s.size, tuple((f.filename, f.lineno) for f in s.traceback), 1)
+               for s in snapshot.statistics("traceback")]
+    # Group sizes by traceback into lists first: appending allocates far less
+    # than rebuilding ints per trace, and this loop may run under tracemalloc.
+    groups: dict[Any, list[int]] = {}
+    get = groups.get
+    for trace in raw:
+        frames = trace[2]
+        group = get(frames)
+        if group is None:
+            groups[frames] = group = []
+        group.append(trace[1])
+    blocks = len(raw)
+    del snapshot, raw
+    sites: dict[_Site, list[int]] = {}
+    by_trace: list[tuple[int, int, Any]] = []
+    for frames, group in groups.items():
+        site = frames[0] if frames else ("<unknown>", 0)
+        acc = sites.get(site)
+        if acc is None:
+            sites[site] = acc = [0, 0]
+        total = sum(group)
+        acc[0] += total
+        acc[1] += len(group)
+        if deep_traces and frames and not _own(frames[0][0]):
+            by_trace.append((total, len(group), frames))
+    del groups
+    own_blocks = 0
+    rows = []
+    for (filename, line), (size, count) in sites.items():
+        if _own(filename):
+            own_blocks += count
+        else:
+            rows.append((filename, line, size, count))
+    by_trace.sort(key=lambda item: item[0], reverse=True)
+    return take_s, blocks, own_blocks, tracemalloc.get_traceback_limit(), rows, by_trace[:deep_traces]
+
+
+def _child_main(write_fd: int, deep_traces: int) -> None:
+    """In the forked child: group the inherited traces, send them, exit without cleanup."""
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        payload = marshal.dumps(_group_snapshot(deep_traces))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view):]
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _read_child(read_fd: int, pid: int, timeout_s: float) -> bytes:
+    """The child's answer, or TimeoutError/ChildProcessError; always reaps the child."""
+    chunks = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                raise TimeoutError(f"snapshot child gave no answer within {timeout_s:.0f} s; killed")
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        _, wait_status = os.waitpid(pid, 0)
+    if wait_status != 0:
+        raise ChildProcessError(f"snapshot child exited with status {wait_status}")
+    return b"".join(chunks)
+
+
 class SiteTracker:
     """Takes snapshots and remembers per-site sizes between them."""
 
-    def __init__(self, top_n: int = 10, deep_traces: int = 0) -> None:
+    def __init__(self, top_n: int = 10, deep_traces: int = 0, mode: str = "auto",
+                 rss_bytes: Any = None) -> None:
+        if mode not in SNAPSHOT_MODES:
+            raise ValueError(f"snapshot mode must be one of {', '.join(SNAPSHOT_MODES)}; got {mode!r}")
         self.top_n = top_n
         self.deep_traces = deep_traces
+        self.mode = mode if _CAN_FORK else "inline"
+        self._rss_bytes = rss_bytes  # () -> int, for the fork-cost prediction
         self._previous: dict[_Site, tuple[int, int]] = {}
         self._seq = 0
+        self._inline_s_per_block = _INLINE_S_PER_BLOCK
+        self._fork_s_per_byte = _FORK_S_PER_BYTE
+        self._fork_failures = 0
+        self.last_error: str | None = None  # why the last fork attempt failed, for an event
 
     def reset(self) -> None:
         """Forget the previous snapshot (tracing was switched off in between)."""
         self._previous = {}
 
+    # -- predictions ---------------------------------------------------------
+    def estimated_blocks(self) -> int:
+        """Live traced blocks, estimated from tracemalloc's own memory (no snapshot needed)."""
+        return tracemalloc.get_tracemalloc_memory() // _TM_BYTES_PER_BLOCK if tracemalloc.is_tracing() else 0
+
+    def predicted_cost_s(self) -> float:
+        """Work the next snapshot will take in all (either process), for the CPU budget."""
+        return self.estimated_blocks() * self._inline_s_per_block
+
+    def _choose(self) -> str:
+        if self.mode == "inline" or self._fork_failures >= _MAX_FORK_FAILURES:
+            return "inline"
+        if self.mode == "fork" or self._rss_bytes is None:
+            return "fork"
+        try:
+            fork_stall = self._rss_bytes() * self._fork_s_per_byte
+        except Exception:
+            return "inline"
+        return "fork" if fork_stall < self.estimated_blocks() * self._inline_s_per_block else "inline"
+
+    # -- taking ----------------------------------------------------------------
+    def _take_forked(self) -> tuple[_Grouped, float, float]:
+        """(grouped, stall_s, wall_s): stall is the fork() the app waited for."""
+        try:
+            rss = self._rss_bytes() if self._rss_bytes is not None else 0
+        except Exception:
+            rss = 0
+        read_fd, write_fd = os.pipe()
+        t0 = time.perf_counter()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            os.close(read_fd)
+            _child_main(write_fd, self.deep_traces)
+        stall_s = time.perf_counter() - t0
+        os.close(write_fd)
+        if rss > 0:  # learn this machine's fork cost per byte of RSS (moving average)
+            self._fork_s_per_byte = 0.5 * self._fork_s_per_byte + 0.5 * stall_s / rss
+        payload = _read_child(read_fd, pid, max(_CHILD_TIMEOUT_S, 20 * self.predicted_cost_s()))
+        t1 = time.perf_counter()
+        grouped: _Grouped = marshal.loads(payload)
+        stall_s += time.perf_counter() - t1
+        return grouped, stall_s, time.perf_counter() - t0
+
     def take(self) -> dict[str, Any]:
         """Take one snapshot and return a schema ``snapshot`` record (minus kind/ts)."""
         t0 = time.perf_counter()
-        snapshot = tracemalloc.take_snapshot()
-        take_s = time.perf_counter() - t0
-        raw = getattr(getattr(snapshot, "traces", None), "_traces", None)
-        if raw is None:  # private attribute gone: fall back to the public, slower path
-            raw = [(0, s.size, tuple((f.filename, f.lineno) for f in s.traceback), 1)
-                   for s in snapshot.statistics("traceback")]
-        # Group sizes by traceback into lists first: appending allocates far less
-        # than rebuilding ints per trace, and this loop runs under tracemalloc.
-        groups: dict[tuple[_Site, ...], list[int]] = {}
-        get = groups.get
-        for trace in raw:
-            frames = trace[2]
-            group = get(frames)
-            if group is None:
-                groups[frames] = group = []
-            group.append(trace[1])
-        sizes: dict[_Site, int] = {}
-        counts: dict[_Site, int] = {}
-        by_trace: dict[tuple[_Site, ...], list[int]] = {}
-        deep = self.deep_traces > 0
-        for frames, group in groups.items():
-            site = frames[0] if frames else ("<unknown>", 0)
-            total = sum(group)
-            sizes[site] = sizes.get(site, 0) + total
-            counts[site] = counts.get(site, 0) + len(group)
-            if deep:
-                by_trace[frames] = [total, len(group)]
-        del groups
-        blocks = len(raw)
-        del snapshot, raw
-        own_blocks = 0
-        for site in [s for s in sizes if _own(s[0])]:
-            own_blocks += counts.pop(site)
-            sizes.pop(site)
+        mode = self._choose()
+        grouped = None
+        if mode == "fork":
+            try:
+                grouped, stall_s, wall_s = self._take_forked()
+                self.last_error = None
+            except Exception as exc:
+                self._fork_failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                mode = "inline"
+        if grouped is None:
+            t0 = time.perf_counter()
+            grouped = _group_snapshot(self.deep_traces)
+            stall_s = wall_s = time.perf_counter() - t0
+        take_s, blocks, own_blocks, frames_limit, site_rows, traces = grouped
+        t_merge = time.perf_counter()
+        sizes = {(f, ln): size for f, ln, size, _ in site_rows}
+        counts = {(f, ln): count for f, ln, _, count in site_rows}
         previous = self._previous
         growth = {site: size - previous.get(site, (0, 0))[0] for site, size in sizes.items()}
         for site in previous:
@@ -96,22 +252,24 @@ class SiteTracker:
             "traced_bytes": sum(sizes.values()),
             "blocks": blocks - own_blocks,
             "sites_total": len(sizes),
-            "frames": tracemalloc.get_traceback_limit(),
+            "frames": frames_limit,
             "site_fields": ["file", "line", "size_bytes", "count", "size_diff_bytes", "count_diff"],
             "sites": rows,
         }
-        if deep:
-            top = sorted(
-                ((acc[0], acc[1], frames) for frames, acc in by_trace.items()
-                 if frames and not _own(frames[0][0])),
-                key=lambda item: item[0], reverse=True,
-            )[: self.deep_traces]
+        if self.deep_traces:
             record["traces"] = [
                 {"size_bytes": size, "count": count, "frames": [[f, ln] for f, ln in frames]}
-                for size, count, frames in top
+                for size, count, frames in traces
             ]
         self._previous = {site: (sizes[site], counts[site]) for site in sizes}
         self._seq += 1
+        merge_s = time.perf_counter() - t_merge
+        if mode == "inline" and blocks:
+            self._inline_s_per_block = (wall_s + merge_s) / blocks
+        elif blocks:  # the child's work is the same work, done elsewhere
+            self._inline_s_per_block = wall_s / blocks
+        record["mode"] = mode
         record["take_s"] = round(take_s, 6)
-        record["cost_s"] = round(time.perf_counter() - t0, 6)
+        record["stall_s"] = round(stall_s + merge_s, 6)
+        record["cost_s"] = round(wall_s + merge_s, 6)
         return record

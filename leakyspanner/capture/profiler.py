@@ -27,6 +27,7 @@ from ..schema import (
     session_stem,
 )
 from . import humanlog
+from .allocations import SNAPSHOT_MODES
 from .middleware import LeakyspannerMiddleware
 from .procmem import ProcessReader, cgroup_memory_limit_bytes
 from .routes import RouteNamer
@@ -68,10 +69,14 @@ class Profiler:
         snapshot_cpu_budget: float = 0.02,
         auto_window_seconds: float | None = None,
         max_buffered_records: int = 50_000,
+        snapshot_mode: str = "auto",
         proc_root: str = "/proc",
     ) -> None:
         if level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(map(repr, LEVELS))}; got {level!r}")
+        if snapshot_mode not in SNAPSHOT_MODES:
+            raise ValueError(f"snapshot_mode must be one of {', '.join(map(repr, SNAPSHOT_MODES))}; "
+                             f"got {snapshot_mode!r}")
         if not isinstance(log_path, (str, os.PathLike)):
             raise ValueError(f"log_path must be a str or path, got {log_path!r}")
         _check_number("interval_seconds", interval_seconds, minimum=0.01)
@@ -93,6 +98,7 @@ class Profiler:
         self.snapshot_interval_seconds = float(snapshot_interval_seconds or interval_seconds)
         self.snapshot_cpu_budget = float(snapshot_cpu_budget)
         self.auto_window_seconds = float(auto_window_seconds or 10 * interval_seconds)
+        self.snapshot_mode = snapshot_mode
         self._proc_root = proc_root
         self._config = {
             "level": level, "log_path": str(log_path), "interval_seconds": self.interval_seconds,
@@ -100,7 +106,7 @@ class Profiler:
             "snapshot_interval_seconds": self.snapshot_interval_seconds,
             "snapshot_cpu_budget": self.snapshot_cpu_budget,
             "auto_window_seconds": self.auto_window_seconds,
-            "max_buffered_records": max_buffered_records,
+            "max_buffered_records": max_buffered_records, "snapshot_mode": snapshot_mode,
         }
         # read by the middleware on every request
         self._active = False
@@ -372,11 +378,14 @@ def leakyspanner(
     call nothing leakyspanner does can raise into the app. With
     ``enabled=False`` the app is left exactly as it was and None is returned.
     Advanced keywords: snapshot_interval_seconds, snapshot_cpu_budget,
-    auto_window_seconds, max_buffered_records.
+    auto_window_seconds, max_buffered_records, snapshot_mode (``auto``:
+    take allocation snapshots in a forked child when that stalls the app
+    less, ``fork``, ``inline``).
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be True or False, got {enabled!r}")
-    allowed = {"snapshot_interval_seconds", "snapshot_cpu_budget", "auto_window_seconds", "max_buffered_records"}
+    allowed = {"snapshot_interval_seconds", "snapshot_cpu_budget", "auto_window_seconds", "max_buffered_records",
+               "snapshot_mode"}
     unknown = sorted(set(advanced) - allowed)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; valid advanced arguments: {', '.join(sorted(allowed))}")

@@ -69,10 +69,14 @@ class Sampler:
         self._seq = 0
         self._alert_armed = True
         self._next_snapshot_at = 0.0
+        self._budget_since = clock()  # snapshot work since then must stay within the budget
         self._auto_trigger_rss = profiler.baseline_rss_bytes
         self._auto_until: float | None = None
+        reader = profiler.reader
         self.sites = SiteTracker(top_n=profiler.top_stats_count,
-                                 deep_traces=profiler.top_stats_count if profiler.level == "deep" else 0)
+                                 deep_traces=profiler.top_stats_count if profiler.level == "deep" else 0,
+                                 mode=profiler.snapshot_mode,
+                                 rss_bytes=reader.read_rss_bytes if reader is not None else None)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="leakyspanner-sampler", daemon=True)
@@ -134,8 +138,16 @@ class Sampler:
         self._alerts(now, rss)
         if p.level == "auto":
             self._auto(now, rss)
-        if p._tracing and now >= self._next_snapshot_at and not self._stopped.is_set():
+        if p._tracing and self._snapshot_due(now) and not self._stopped.is_set():
             self._snapshot()
+
+    def _snapshot_due(self, now: float) -> bool:
+        """Due after the interval, and only once the wall time since the last one
+        pays for the predicted cost within the CPU budget (so a first snapshot of
+        1M blocks waits ~30 s at 2% instead of being taken whatever it costs)."""
+        if now < self._next_snapshot_at:
+            return False
+        return now - self._budget_since >= self.sites.predicted_cost_s() / self._snapshot_budget
 
     def _alerts(self, now: float, rss: int) -> None:
         p = self._p
@@ -162,6 +174,7 @@ class Sampler:
                 self._auto_until = now + self._auto_window_s
                 self.sites.reset()
                 self._next_snapshot_at = 0.0
+                self._budget_since = now
                 p._set_tracing(True, f"auto: RSS {rss / 2**20:.1f} MB crossed the threshold")
         elif now >= self._auto_until:
             self._auto_until = None
@@ -173,7 +186,10 @@ class Sampler:
             return
         record = self.sites.take()
         now = self._clock()
+        if self.sites.last_error is not None:
+            self._p._event("snapshot_fork_failed", f"{self.sites.last_error}; this snapshot was taken inline")
         record = {"kind": "snapshot", "ts": round(now, 4), **record}
         self._p._buffer.append((OBJECT, record))
         cost = record["cost_s"]
+        self._budget_since = now
         self._next_snapshot_at = now + max(self._snapshot_interval_s, cost / self._snapshot_budget)

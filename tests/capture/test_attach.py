@@ -25,6 +25,7 @@ from leakyspanner.capture import LeakyspannerMiddleware
         ({"enabled": "yes"}, "enabled must be True or False"),
         ({"log_path": 42}, "log_path must be a str or path"),
         ({"snapshot_every": 3}, "valid advanced arguments: auto_window_seconds"),
+        ({"snapshot_mode": "thread"}, "snapshot_mode must be one of 'auto', 'fork', 'inline'"),
     ],
 )
 def test_bad_argument_fails_at_attach_naming_valid_values(tmp_path, kwargs, message):

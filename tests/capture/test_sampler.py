@@ -65,6 +65,7 @@ def _profiler(tmp_path, level: str, rss_mb: list[float], **kwargs):
     profiler.baseline_rss_bytes = 100 * MB
     sampler._auto_trigger_rss = 100 * MB
     sampler._clock = FakeClock()
+    sampler._budget_since = sampler._clock.now
     return profiler, sampler
 
 
@@ -111,16 +112,37 @@ def test_auto_level_triggers_again_after_another_threshold_of_growth(tmp_path):
 
 
 def test_snapshot_cadence_respects_the_cpu_budget(tmp_path):
+    profiler, sampler = _profiler(tmp_path, "mid", [100] * 12, snapshot_interval_seconds=0.01)
+    kept = [bytearray(100) for _ in range(20_000)]  # enough live blocks for a predictable cost
+    predicted = sampler.sites.predicted_cost_s()
+    assert predicted > 0
+    # a budget under which the first snapshot's predicted cost takes ~4.5 (fake) seconds to earn
+    sampler._snapshot_budget = predicted / 4.5
+    taken_at = []
+    for i in range(12):
+        before = sampler.sites._seq
+        _tick(sampler)
+        if sampler.sites._seq > before:
+            taken_at.append(i + 1)
+    profiler.stop()
+    snapshots = read_jsonl(profiler.jsonl_file)["snapshot"]
+    assert taken_at and 4 <= taken_at[0] <= 6, taken_at
+    # each one's measured cost pushes the next at least cost/budget later
+    for a, b in zip(snapshots, snapshots[1:-1]):
+        assert b["ts"] - a["ts"] >= b["cost_s"] / sampler._snapshot_budget * 0.5 or b is snapshots[-1]
+    assert len(snapshots) == len(taken_at) + 1  # plus the closing snapshot taken at stop
+    assert all(s["cost_s"] >= s["stall_s"] > 0 and s["take_s"] > 0 for s in snapshots)
+    del kept
+
+
+def test_a_tiny_budget_defers_every_snapshot_but_the_closing_one(tmp_path):
     profiler, sampler = _profiler(tmp_path, "mid", [100] * 12, snapshot_interval_seconds=0.01,
                                   snapshot_cpu_budget=0.00001)
     for _ in range(12):
         _tick(sampler)
     profiler.stop()
     snapshots = read_jsonl(profiler.jsonl_file)["snapshot"]
-    # the first costs milliseconds, so the next is due tens of (fake) seconds later;
-    # the other is the closing snapshot taken at stop
-    assert len(snapshots) == 2
-    assert all(s["cost_s"] >= s["take_s"] > 0 for s in snapshots)
+    assert len(snapshots) == 1 and snapshots[0]["ts"] == sampler._clock.now
 
 
 def test_snapshot_sites_exclude_leakyspanner_and_report_growth(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -65,6 +66,8 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
         for _ in range(4):
             client.post("/keep")
         time.sleep(0.8)
+        assert client.get("/items/99").status_code == 200, "still serving after forked snapshots"
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
     output = server.stop()
     assert "Application shutdown complete" in output
     jsonl, log = only_session(tmp_path / "logs")
@@ -74,10 +77,13 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
     assert len(records["sample"]) >= 2
     assert {r["route"] for r in records["request"]} == {"/items/{item_id}", "/keep"}
     intervals = records["endpoint_interval"]
-    assert sum(i["calls"] for i in intervals) == 24
+    assert sum(i["calls"] for i in intervals) == 25
     assert records["snapshot"], "mid level takes allocation snapshots"
+    # a small process with tens of thousands of blocks: forking stalls it less than inline
+    assert {s["mode"] for s in records["snapshot"]} == {"fork"}
+    assert children == [], "every snapshot child was reaped"
     summary = records["summary"][0]
-    assert summary["requests_total"] == 24 and summary["net_growth_bytes"] > 8_000_000
+    assert summary["requests_total"] == 25 and summary["net_growth_bytes"] > 8_000_000
     assert summary["endpoints"][0]["route"] == "/keep"
     text = log.read_text()
     assert "ENDPOINT POST /keep  mem_delta=+" in text
