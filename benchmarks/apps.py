@@ -6,7 +6,8 @@
 * ``bare``: no middleware; ``empty``: an empty pure-ASGI middleware (the floor
   any middleware pays);
 * ``basic``, ``mid``, ``deep``, ``auto``: this checkout's leakyspanner at that
-  level, logs in a temp dir, ``interval_seconds=1``;
+  level, logs in a temp dir, ``interval_seconds=1``; ``deep10``: deep with
+  ``traceback_frames=10``, the seed's depth;
 * ``seed-basic``, ``seed-mid``, ``seed-deep``: leakyspanner 0.1.2, only in the
   venv that has it installed (``benchmarks/.seed-venv``).
 
@@ -35,7 +36,9 @@ from pydantic import BaseModel
 
 __all__ = ["CONFIGS", "ENDPOINTS", "SEED_CONFIGS", "VALIDATE_BODY", "EmptyMiddleware", "app_from_env", "make_app"]
 
-LEVEL_CONFIGS = ("basic", "mid", "deep", "auto")
+LEVEL_CONFIGS = ("basic", "mid", "deep", "auto", "deep10")
+#: configs that are a level with extra arguments: deep10 is deep at the seed's 10 frames
+_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"deep10": ("deep", {"traceback_frames": 10})}
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
 CONFIGS = ("bare", "empty", *LEVEL_CONFIGS, *SEED_CONFIGS)
 
@@ -123,7 +126,8 @@ def make_app(
     if config == "empty":
         app.add_middleware(EmptyMiddleware)
     elif config != "bare":
-        level = config.removeprefix("seed-")
+        level, extra = _VARIANTS.get(config, (config.removeprefix("seed-"), {}))
+        profiler_kw = {**extra, **profiler_kw}
         if config in SEED_CONFIGS:
             _check_seed(config)
         from leakyspanner import leakyspanner

@@ -33,7 +33,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import _common as common  # type: ignore[no-redef]
     import apps  # type: ignore[no-redef]
 
-OUR_CONFIGS = ("bare", "basic", "mid", "deep", "auto")
+OUR_CONFIGS = ("bare", "basic", "mid", "deep", "auto", "deep10")
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
 QUICK_CONFIGS = ("bare", "basic", "mid", "auto", "seed-basic", "seed-mid")
 
@@ -110,8 +110,9 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], duration_s: i
         out[config] = {}
         for kind, m in kinds.items():
             bare = med.get("bare", {}).get(kind)
-            seed = med.get(f"seed-{config}", {}).get(kind)
-            seed_below = below.get(f"seed-{config}", {}).get(kind)
+            level = "deep" if config == "deep10" else config
+            seed = med.get(f"seed-{level}", {}).get(kind)
+            seed_below = below.get(f"seed-{level}", {}).get(kind)
             errors = sum(r["non_2xx"] + r["socket_errors"] for r in samples[config][kind])
             out[config][kind] = {
                 "rps": round(m["rps"], 1), "p50_ms": round(m["p50_s"] * 1e3, 3), "p99_ms": round(m["p99_s"] * 1e3, 3),

@@ -7,8 +7,9 @@ profiler again, so tracemalloc (process-global) is only on inside the mid/deep
 windows. The cost of a window is the process CPU time (every thread, so the
 background writer's formatting of these very requests is included) from the
 first request until the writer has taken the last record, divided by ``N``.
-``bare+tm1``/``bare+tm10`` are the bare app with tracemalloc started by hand
-(1 and 10 frames): the floor under mid and deep that no middleware can avoid.
+``bare+tm1``/``bare+tm5``/``bare+tm10`` are the bare app with tracemalloc
+started by hand (1, 5 and 10 frames): the floor under mid (1) and deep (5)
+that no middleware can avoid, and under the seed's 10-frame deep.
 The sampler interval is 60 s by default so its ticks and allocation snapshots
 stay out of the windows: this is the request path plus the writer; bench_stall
 measures the snapshots and bench_e2e everything together. A slow window (deep
@@ -37,10 +38,10 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import _common as common  # type: ignore[no-redef]
     import apps  # type: ignore[no-redef]
 
-CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "bare+tm1", "bare+tm10")
+CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "bare+tm1", "bare+tm5", "bare+tm10")
 # bare+tmN: the bare app with tracemalloc.start(N) around its window, the part of mid (1 frame)
-# and deep (10 frames) that is tracemalloc's own and that no middleware can avoid
-TRACING_CONFIGS = ("mid", "deep", "bare+tm1", "bare+tm10")
+# and deep (5 frames; the seed's deep used 10) that is tracemalloc's own and no middleware can avoid
+TRACING_CONFIGS = ("mid", "deep", "bare+tm1", "bare+tm5", "bare+tm10")
 _WARMUP = 30
 _MIN_REQUESTS = 5
 _CAP = 4.0  # a window may take this many times the bare window before it is cut short

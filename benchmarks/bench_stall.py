@@ -5,10 +5,18 @@ built the process creates N live blocks (a global list of ``object()``), with
 tracemalloc already on for the tracing levels, so every block is traced. A
 1 ms asyncio ticker measures how late it wakes up while wrk loads ``/tiny``
 (4 connections, so a loop iteration holds at most 4 requests) and the sampler (``interval_seconds=0.5``, ``snapshot_interval_seconds=0.5``,
-default CPU budget 2%) takes snapshots. ``auto`` is measured with tracing on:
-its threshold is 1 MB and the server grows 32 MB at startup, so the first
-sampler tick switches tracing on. The snapshot ``cost_s``/``take_s`` come from
-the session's .jsonl records inside the measured window.
+default CPU budget 2%, default ``snapshot_mode="auto"``) takes snapshots.
+``auto`` is measured with tracing on: its threshold is 1 MB and the server
+grows 32 MB at startup, so the first sampler tick switches tracing on.
+
+The first snapshot waits until the time since tracing began pays for its
+predicted cost at 2% (about 30 s at 1M blocks), so for tracing levels the
+window runs in ``duration`` chunks until a snapshot has finished inside it
+(at most ``_MAX_WINDOW_S``): every tracing row includes at least one
+snapshot. The snapshot ``mode``/``stall_s``/``cost_s``/``take_s`` come from
+the session's .jsonl records inside the measured window: ``stall_s`` is what
+the app's threads waited for (all of it inline; ``fork()`` and reading the
+answer when forked), ``cost_s`` all the work in either process.
 
     python -m benchmarks.bench_stall [--quick]
 """
@@ -38,12 +46,13 @@ except ImportError:  # run as a script, or as the server's factory module from b
 
 LEVELS = ("bare", "basic", "mid", "deep", "auto")
 BLOCK_COUNTS = (10_000, 100_000, 1_000_000)
-_FRAMES = {"mid": 1, "deep": 10, "auto": 1}
+_FRAMES = {"mid": 1, "deep": 5, "auto": 1}
 _PERIOD_S = 0.001
 # few connections: under saturation the ticker would mostly measure how many requests one
 # loop iteration runs (connections x per-request time), not the stalls snapshots cause
 _CONNECTIONS = 4
 _PROFILER_KW = {"snapshot_interval_seconds": 0.5}
+_MAX_WINDOW_S = 150
 
 _live_blocks: list[object] = []  # the live traced blocks: kept for the life of the server
 
@@ -133,8 +142,11 @@ def _snapshots(log_dir: str, start_ts: float, stop_ts: float) -> list[dict[str, 
                 record = json.loads(line)
                 overlap = min(record["ts"], stop_ts) - max(record["ts"] - record["cost_s"], start_ts)
                 if overlap > 0:
-                    out.append({**{k: record.get(k) for k in ("ts", "blocks", "take_s", "cost_s")},
-                                "in_window_s": round(overlap, 6)})
+                    stall = record.get("stall_s", record["cost_s"])
+                    out.append({**{k: record.get(k) for k in ("ts", "blocks", "take_s", "cost_s", "mode")},
+                                "stall_s": stall, "in_window_s": round(overlap, 6),
+                                # the app-side part in the window, pro rata for a snapshot cut by it
+                                "stall_in_window_s": round(stall * overlap / max(record["cost_s"], 1e-9), 6)})
     return out
 
 
@@ -149,9 +161,16 @@ def _one(config: str, blocks: int, duration_s: int) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("auto did not switch tracing on within 10 s")
                 time.sleep(0.05)
-        common.http_get(server.port, "/_stall/start")
-        load = common.run_wrk(f"http://127.0.0.1:{server.port}/tiny", duration_s, connections=_CONNECTIONS)
+        started = json.loads(common.http_get(server.port, "/_stall/start")[1])["ts"]
+        loads = []
+        while True:  # tracing levels: until a snapshot finished inside the window
+            loads.append(common.run_wrk(f"http://127.0.0.1:{server.port}/tiny", duration_s,
+                                        connections=_CONNECTIONS))
+            if (config not in _FRAMES or _snapshots(log_dir, started, time.time() - 0.5)
+                    or time.time() - started > _MAX_WINDOW_S):
+                break
         stall = json.loads(common.http_get(server.port, "/_stall/stop", timeout=60)[1])
+        load = {"rps": sum(x["rps"] for x in loads) / len(loads)}
         if config in _FRAMES:  # a snapshot still running when the window closed: wait for its record
             deadline = time.monotonic() + 180
             while not _snapshots(log_dir, stall["start_ts"], stall["stop_ts"]) and time.monotonic() < deadline:
@@ -168,23 +187,29 @@ def _one(config: str, blocks: int, duration_s: int) -> dict[str, Any]:
         "stall_max_ms": stall["max_ms"], "stall_p99_ms": stall["p99_ms"], "stall_p50_ms": stall["p50_ms"],
         "worst_stalls": stall["worst"], "ticks": stall["ticks"], "snapshots": len(snaps),
         "snapshot_cost_s": [s["cost_s"] for s in snaps], "snapshot_take_s": [s["take_s"] for s in snaps],
-        "snapshot_blocks": [s["blocks"] for s in snaps],
-        # snapshot work inside the window over the window's wall time (cost_s is wall time of the
-        # sampler thread, so under load it includes waiting for the GIL)
+        "snapshot_blocks": [s["blocks"] for s in snaps], "snapshot_modes": [s["mode"] for s in snaps],
+        "snapshot_stall_s": [s["stall_s"] for s in snaps],
+        # snapshot work inside the window over the window's wall time, in either process (cost_s is
+        # wall time, so under load it includes waiting for the GIL) and in the app's own threads
         "snapshot_cpu_share": round(in_window / wall, 4) if wall > 0 else None,
+        "snapshot_stall_share": round(sum(s["stall_in_window_s"] for s in snaps) / wall, 4) if wall > 0 else None,
     }
 
 
 def render(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
-        rows.append([r["config"], f"{r['live_blocks']:,}", r["snapshots"],
-                     f"{max(r['snapshot_take_s'], default=0) * 1e3:.1f}" if r["snapshots"] else "",
-                     f"{max(r['snapshot_cost_s'], default=0) * 1e3:.1f}" if r["snapshots"] else "",
-                     f"{r['snapshot_cpu_share'] * 100:.2f}%", f"{r['stall_p50_ms']:.2f}", f"{r['stall_p99_ms']:.2f}",
-                     f"{r['stall_max_ms']:.1f}", f"{r['rps']:.0f}"])
-    return common.table(["config", "live blocks", "snapshots", "max take ms", "max cost ms", "snapshot share",
-                         "stall p50 ms", "stall p99 ms", "stall max ms", "req/s"], rows)
+        snaps = r["snapshots"]
+        rows.append([r["config"], f"{r['live_blocks']:,}", f"{r['wall_s']:.0f}", snaps,
+                     "/".join(sorted(set(r.get("snapshot_modes") or []))) if snaps else "",
+                     f"{max(r.get('snapshot_stall_s') or [0]) * 1e3:.1f}" if snaps else "",
+                     f"{max(r['snapshot_cost_s'], default=0) * 1e3:.1f}" if snaps else "",
+                     f"{r.get('snapshot_stall_share', 0) * 100:.2f}%", f"{r['snapshot_cpu_share'] * 100:.2f}%",
+                     f"{r['stall_p50_ms']:.2f}", f"{r['stall_p99_ms']:.2f}", f"{r['stall_max_ms']:.1f}",
+                     f"{r['rps']:.0f}"])
+    return common.table(["config", "live blocks", "window s", "snapshots", "mode", "max app stall ms",
+                         "max cost ms", "app share", "work share", "ticker p50 ms", "ticker p99 ms",
+                         "ticker max ms", "req/s"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

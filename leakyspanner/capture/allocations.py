@@ -42,7 +42,7 @@ _Grouped = tuple[float, int, int, int, list[tuple[str, int, int, int]], list[tup
 
 _CAN_FORK = sys.platform == "linux" and hasattr(os, "fork")
 # Starting guesses, replaced by what this process measures.
-_INLINE_S_PER_BLOCK = 0.6e-6     # take_snapshot + grouping, GIL held
+_INLINE_S_PER_BLOCK = 1e-6       # CPU for take_snapshot + grouping (0.4-0.6 µs measured)
 _FORK_S_PER_BYTE = 20e-3 / 2**30  # fork(): copying page tables
 _TM_BYTES_PER_BLOCK = 48          # tracemalloc's own memory per live block, to estimate blocks
 _CHILD_TIMEOUT_S = 30.0
@@ -109,7 +109,8 @@ def _child_main(write_fd: int, deep_traces: int) -> None:
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        payload = marshal.dumps(_group_snapshot(deep_traces))
+        grouped = _group_snapshot(deep_traces)
+        payload = marshal.dumps((grouped, time.process_time()))  # this child's CPU time: all of its work
         view = memoryview(payload)
         while view:
             view = view[os.write(write_fd, view):]
@@ -184,13 +185,15 @@ class SiteTracker:
 
     # -- taking ----------------------------------------------------------------
     def _take_forked(self) -> tuple[_Grouped, float, float]:
-        """(grouped, stall_s, wall_s): stall is the fork() the app waited for."""
+        """(grouped, stall_s, cpu_s): stall is this thread's CPU time with the GIL
+        (fork() and reading the answer), not its wall time, which includes
+        waiting for the GIL while the app runs; cpu adds the child's CPU time."""
         try:
             rss = self._rss_bytes() if self._rss_bytes is not None else 0
         except Exception:
             rss = 0
         read_fd, write_fd = os.pipe()
-        t0 = time.perf_counter()
+        c0 = time.thread_time()
         try:
             pid = os.fork()
         except BaseException:
@@ -200,35 +203,34 @@ class SiteTracker:
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             os.close(read_fd)
             _child_main(write_fd, self.deep_traces)
-        stall_s = time.perf_counter() - t0
+        stall_s = time.thread_time() - c0
         os.close(write_fd)
         if rss > 0:  # learn this machine's fork cost per byte of RSS (moving average)
             self._fork_s_per_byte = 0.5 * self._fork_s_per_byte + 0.5 * stall_s / rss
         payload = _read_child(read_fd, pid, max(_CHILD_TIMEOUT_S, 20 * self.predicted_cost_s()))
-        t1 = time.perf_counter()
-        grouped: _Grouped = marshal.loads(payload)
-        stall_s += time.perf_counter() - t1
-        return grouped, stall_s, time.perf_counter() - t0
+        c1 = time.thread_time()
+        grouped, child_cpu_s = marshal.loads(payload)
+        stall_s += time.thread_time() - c1
+        return grouped, stall_s, stall_s + child_cpu_s
 
     def take(self) -> dict[str, Any]:
         """Take one snapshot and return a schema ``snapshot`` record (minus kind/ts)."""
-        t0 = time.perf_counter()
         mode = self._choose()
         grouped = None
         if mode == "fork":
             try:
-                grouped, stall_s, wall_s = self._take_forked()
+                grouped, stall_s, cpu_s = self._take_forked()
                 self.last_error = None
             except Exception as exc:
                 self._fork_failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 mode = "inline"
         if grouped is None:
-            t0 = time.perf_counter()
+            c0 = time.thread_time()
             grouped = _group_snapshot(self.deep_traces)
-            stall_s = wall_s = time.perf_counter() - t0
+            stall_s = cpu_s = time.thread_time() - c0
         take_s, blocks, own_blocks, frames_limit, site_rows, traces = grouped
-        t_merge = time.perf_counter()
+        c_merge = time.thread_time()
         sizes = {(f, ln): size for f, ln, size, _ in site_rows}
         counts = {(f, ln): count for f, ln, _, count in site_rows}
         previous = self._previous
@@ -263,13 +265,11 @@ class SiteTracker:
             ]
         self._previous = {site: (sizes[site], counts[site]) for site in sizes}
         self._seq += 1
-        merge_s = time.perf_counter() - t_merge
-        if mode == "inline" and blocks:
-            self._inline_s_per_block = (wall_s + merge_s) / blocks
-        elif blocks:  # the child's work is the same work, done elsewhere
-            self._inline_s_per_block = wall_s / blocks
+        merge_s = time.thread_time() - c_merge
+        if blocks:  # inline or in the child, the same work
+            self._inline_s_per_block = (cpu_s + merge_s) / blocks
         record["mode"] = mode
         record["take_s"] = round(take_s, 6)
         record["stall_s"] = round(stall_s + merge_s, 6)
-        record["cost_s"] = round(wall_s + merge_s, 6)
+        record["cost_s"] = round(cpu_s + merge_s, 6)
         return record

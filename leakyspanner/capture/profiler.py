@@ -38,7 +38,10 @@ __all__ = ["Profiler", "leakyspanner"]
 
 logger = logging.getLogger("leakyspanner")
 _MB = 1024 * 1024
-_FRAMES = {"mid": 1, "auto": 1, "deep": 10, "basic": 0}
+#: tracemalloc frames per traceback by level. deep keeps 5: enough to climb from a
+#: library's allocation to the caller in the app, at about half the per-allocation
+#: cost of the seed's 10 (``traceback_frames=10`` buys that depth back).
+_FRAMES = {"mid": 1, "auto": 1, "deep": 5, "basic": 0}
 
 
 def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
@@ -70,6 +73,7 @@ class Profiler:
         auto_window_seconds: float | None = None,
         max_buffered_records: int = 50_000,
         snapshot_mode: str = "auto",
+        traceback_frames: int | None = None,
         proc_root: str = "/proc",
     ) -> None:
         if level not in LEVELS:
@@ -84,6 +88,10 @@ class Profiler:
         _check_number("top_stats_count", top_stats_count, minimum=1, integer=True)
         _check_number("snapshot_cpu_budget", snapshot_cpu_budget, minimum=1e-6)
         _check_number("max_buffered_records", max_buffered_records, minimum=1, integer=True)
+        if traceback_frames is not None:
+            _check_number("traceback_frames", traceback_frames, minimum=1, integer=True)
+            if traceback_frames > 100:
+                raise ValueError(f"traceback_frames must be an integer from 1 to 100, got {traceback_frames!r}")
         if snapshot_interval_seconds is not None:
             _check_number("snapshot_interval_seconds", snapshot_interval_seconds, minimum=0.01)
         if auto_window_seconds is not None:
@@ -99,6 +107,7 @@ class Profiler:
         self.snapshot_cpu_budget = float(snapshot_cpu_budget)
         self.auto_window_seconds = float(auto_window_seconds or 10 * interval_seconds)
         self.snapshot_mode = snapshot_mode
+        self.traceback_frames = int(traceback_frames or _FRAMES.get(level, 1) or 1)
         self._proc_root = proc_root
         self._config = {
             "level": level, "log_path": str(log_path), "interval_seconds": self.interval_seconds,
@@ -107,6 +116,7 @@ class Profiler:
             "snapshot_cpu_budget": self.snapshot_cpu_budget,
             "auto_window_seconds": self.auto_window_seconds,
             "max_buffered_records": max_buffered_records, "snapshot_mode": snapshot_mode,
+            "traceback_frames": self.traceback_frames,
         }
         # read by the middleware on every request
         self._active = False
@@ -288,7 +298,7 @@ class Profiler:
 
     def _set_tracing(self, on: bool, why: str) -> None:
         if on and not tracemalloc.is_tracing():
-            tracemalloc.start(_FRAMES.get(self.level, 1))
+            tracemalloc.start(self.traceback_frames)
             self._started_tracing = True
             self._event("tracing_started", why)
         elif not on and self._started_tracing:
@@ -371,7 +381,7 @@ def leakyspanner(
     """Attach the leak profiler to a FastAPI/Starlette ``app`` and start a session.
 
     Levels: ``basic`` (endpoint memory deltas, no tracemalloc), ``mid``
-    (+ tracemalloc top allocation sites, 1 frame), ``deep`` (+ 10-frame
+    (+ tracemalloc top allocation sites, 1 frame), ``deep`` (+ 5-frame
     tracebacks of the top traces), ``auto`` (basic until RSS grows by
     ``leak_threshold_mb``, then tracemalloc for a bounded window: the one to
     use in production). Bad arguments raise ``ValueError`` here; after this
@@ -380,12 +390,13 @@ def leakyspanner(
     Advanced keywords: snapshot_interval_seconds, snapshot_cpu_budget,
     auto_window_seconds, max_buffered_records, snapshot_mode (``auto``:
     take allocation snapshots in a forked child when that stalls the app
-    less, ``fork``, ``inline``).
+    less, ``fork``, ``inline``), traceback_frames (tracemalloc frames,
+    1-100; default 1, deep 5).
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be True or False, got {enabled!r}")
     allowed = {"snapshot_interval_seconds", "snapshot_cpu_budget", "auto_window_seconds", "max_buffered_records",
-               "snapshot_mode"}
+               "snapshot_mode", "traceback_frames"}
     unknown = sorted(set(advanced) - allowed)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; valid advanced arguments: {', '.join(sorted(allowed))}")

@@ -26,6 +26,8 @@ from leakyspanner.capture import LeakyspannerMiddleware
         ({"log_path": 42}, "log_path must be a str or path"),
         ({"snapshot_every": 3}, "valid advanced arguments: auto_window_seconds"),
         ({"snapshot_mode": "thread"}, "snapshot_mode must be one of 'auto', 'fork', 'inline'"),
+        ({"traceback_frames": 0}, "traceback_frames must be an integer >= 1"),
+        ({"traceback_frames": 500}, "traceback_frames must be an integer from 1 to 100"),
     ],
 )
 def test_bad_argument_fails_at_attach_naming_valid_values(tmp_path, kwargs, message):
