@@ -28,6 +28,8 @@ import tracemalloc
 import warnings
 from typing import Any
 
+from ..schema import SITE_FIELDS
+
 __all__ = ["SNAPSHOT_MODES", "SiteTracker"]
 
 #: How a snapshot is taken; ``auto`` forks when that is predicted to stall less.
@@ -255,7 +257,7 @@ class SiteTracker:
             "blocks": blocks - own_blocks,
             "sites_total": len(sizes),
             "frames": frames_limit,
-            "site_fields": ["file", "line", "size_bytes", "count", "size_diff_bytes", "count_diff"],
+            "site_fields": list(SITE_FIELDS),
             "sites": rows,
         }
         if self.deep_traces:
