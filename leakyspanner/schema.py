@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 #: Bumped on any change a reader of the previous version would misread.
-SCHEMA_VERSION = 1
+#: 2: RSS is measured on a time-spread subset of requests under load (null on
+#: the others); ``endpoint_interval.rss_measured`` counts the measured ones.
+SCHEMA_VERSION = 2
 FORMAT_NAME = "leakyspanner-jsonl"
 
 STEM_PREFIX = "leakyspanner_"
@@ -63,13 +65,16 @@ REQUEST_FIELDS = (
     "route",                # route template (/items/{item_id}) or UNMATCHED_ROUTE
     "status",               # response status; 500 when the app raised first
     "duration_s",           # start to last body chunk sent (or websocket closed)
-    "rss_before_bytes",     # resident set size at request start
-    "rss_after_bytes",      # resident set size when the response completed
+    "rss_before_bytes",     # resident set size at request start; null when not measured (see below)
+    "rss_after_bytes",      # resident set size when the response completed; null when not measured
     "traced_before_bytes",  # tracemalloc traced memory at start (null when not tracing)
     "traced_after_bytes",   # tracemalloc traced memory at completion (null when not tracing)
     "inflight_start",       # requests in flight when this one started (itself included)
     "inflight_end",         # requests in flight when this one completed (itself included)
 )
+# Measured requests: RSS costs a syscall, so it is read for at most one request
+# starting per ``config.request_rss_interval_seconds`` (default 5 ms; 0 = all).
+# Below that rate every request is measured; above it, a time-spread subset.
 
 #: Record kinds and their fields: name -> description with unit.
 FIELDS: dict[str, dict[str, str]] = {
@@ -128,8 +133,9 @@ FIELDS: dict[str, dict[str, str]] = {
         "errors": "int, of which status >= 500",
         "duration_s_sum": "float",
         "duration_s_max": "float",
-        "rss_delta_bytes_sum": "int, sum of per-request rss_after - rss_before",
-        "rss_delta_bytes_max": "int",
+        "rss_measured": "int, of the calls, those with RSS read at both ends (absent before version 2: all)",
+        "rss_delta_bytes_sum": "int, sum of rss_after - rss_before over the measured calls",
+        "rss_delta_bytes_max": "int|null, null when none was measured",
         "traced_delta_bytes_sum": "int|null",
     },
     "snapshot": {
@@ -175,7 +181,8 @@ FIELDS: dict[str, dict[str, str]] = {
         "requests_total": "int",
         "requests_dropped": "int",
         "internal_errors": "int",
-        "endpoints": "list[object]: method, route, calls, errors, avg_delta_bytes, max_delta_bytes, avg_duration_s, max_duration_s",
+        # avg_delta_bytes is over the rss_measured calls (null when none was measured)
+        "endpoints": "list[object]: method, route, calls, errors, rss_measured, avg_delta_bytes, max_delta_bytes, avg_duration_s, max_duration_s",
     },
 }
 

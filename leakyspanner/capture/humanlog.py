@@ -113,9 +113,13 @@ def summary_lines(summary: Mapping[str, Any], platform: str) -> list[str]:
         "  ENDPOINT MEMORY DELTAS (sorted by avg):",
     ]
     for ep in summary["endpoints"]:
+        avg, peak = ep["avg_delta_bytes"], ep["max_delta_bytes"]
+        deltas = ("avg=n/a  max=n/a" if avg is None or peak is None
+                  else f"avg={avg / _MB:+.2f}MB  max={peak / _MB:+.2f}MB")
+        measured = ep.get("rss_measured", ep["calls"])
         lines.append(
-            f"    {clean(ep['method'], 16):6} {clean(ep['route']):<40} calls={ep['calls']:4}  "
-            f"avg={ep['avg_delta_bytes'] / _MB:+.2f}MB  max={ep['max_delta_bytes'] / _MB:+.2f}MB"
+            f"    {clean(ep['method'], 16):6} {clean(ep['route']):<40} calls={ep['calls']:4}  {deltas}"
+            + (f"  (RSS measured on {measured})" if measured < ep["calls"] else "")
         )
     lines += [sep, ""]
     return lines

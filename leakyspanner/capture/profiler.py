@@ -74,6 +74,7 @@ class Profiler:
         max_buffered_records: int = 50_000,
         snapshot_mode: str = "auto",
         traceback_frames: int | None = None,
+        request_rss_interval_seconds: float = 0.005,
         proc_root: str = "/proc",
     ) -> None:
         if level not in LEVELS:
@@ -92,6 +93,7 @@ class Profiler:
             _check_number("traceback_frames", traceback_frames, minimum=1, integer=True)
             if traceback_frames > 100:
                 raise ValueError(f"traceback_frames must be an integer from 1 to 100, got {traceback_frames!r}")
+        _check_number("request_rss_interval_seconds", request_rss_interval_seconds, minimum=0)
         if snapshot_interval_seconds is not None:
             _check_number("snapshot_interval_seconds", snapshot_interval_seconds, minimum=0.01)
         if auto_window_seconds is not None:
@@ -108,6 +110,7 @@ class Profiler:
         self.auto_window_seconds = float(auto_window_seconds or 10 * interval_seconds)
         self.snapshot_mode = snapshot_mode
         self.traceback_frames = int(traceback_frames or _FRAMES.get(level, 1) or 1)
+        self.request_rss_interval_seconds = float(request_rss_interval_seconds)
         self._proc_root = proc_root
         self._config = {
             "level": level, "log_path": str(log_path), "interval_seconds": self.interval_seconds,
@@ -117,6 +120,7 @@ class Profiler:
             "auto_window_seconds": self.auto_window_seconds,
             "max_buffered_records": max_buffered_records, "snapshot_mode": snapshot_mode,
             "traceback_frames": self.traceback_frames,
+            "request_rss_interval_seconds": self.request_rss_interval_seconds,
         }
         # read by the middleware on every request
         self._active = False
@@ -126,8 +130,8 @@ class Profiler:
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
-        self._rss = 0  # last request-path RSS reading and its perf_counter time
-        self._rss_t = -1.0
+        self._rss_every_s = self.request_rss_interval_seconds
+        self._rss_t = -1e9  # perf_counter time the last measured request started
         self.requests_dropped = 0
         self.internal_errors = 0
         # session state
@@ -188,7 +192,7 @@ class Profiler:
             return False
         self.reader = ProcessReader(self._proc_root)
         self._read_rss = self.reader.read_rss_bytes
-        self._rss_t = -1.0
+        self._rss_t = -1e9
         self.baseline_rss_bytes, baseline_vms = self.reader.read_rss_vms_bytes()
         self.cgroup_limit_bytes = cgroup_memory_limit_bytes()
         self.session_id, self.jsonl_file, self.log_file, self.start_ts = stem, jsonl_path, log_path, start_ts
@@ -391,12 +395,14 @@ def leakyspanner(
     auto_window_seconds, max_buffered_records, snapshot_mode (``auto``:
     take allocation snapshots in a forked child when that stalls the app
     less, ``fork``, ``inline``), traceback_frames (tracemalloc frames,
-    1-100; default 1, deep 5).
+    1-100; default 1, deep 5), request_rss_interval_seconds (RSS is read
+    for at most one request starting per this many seconds, default 0.005;
+    0 measures every request).
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be True or False, got {enabled!r}")
     allowed = {"snapshot_interval_seconds", "snapshot_cpu_budget", "auto_window_seconds", "max_buffered_records",
-               "snapshot_mode", "traceback_frames"}
+               "snapshot_mode", "traceback_frames", "request_rss_interval_seconds"}
     unknown = sorted(set(advanced) - allowed)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; valid advanced arguments: {', '.join(sorted(allowed))}")

@@ -31,7 +31,7 @@ OBJECT = 2   # (OBJECT, record_dict): snapshot, alert, event
 
 _MB = 1024 * 1024
 # One request record: the tag, then schema.REQUEST_FIELDS in order (method and route pre-encoded).
-_REQUEST_LINE = '["' + REQUEST_TAG + '",%.4f,%s,%d,%.6f,%d,%d,%s,%s,%d,%d]\n'
+_REQUEST_LINE = '["' + REQUEST_TAG + '",%.4f,%s,%d,%.6f,%s,%s,%s,%s,%d,%d]\n'
 _CHUNK = 500  # records per GIL hold while draining (~1 ms)
 _ENDPOINT_LINE_BYTES = _MB  # the human log lists requests whose |delta| exceeds 1 MB
 
@@ -179,44 +179,49 @@ class RecordWriter:
         key, names = hit
         ts = t0 + self._offset
         duration = t1 - t0
-        delta = rss1 - rss0
-        out.append(_REQUEST_LINE % (
-            ts, names, status, duration, rss0, rss1,
-            "null" if tr0 is None else tr0, "null" if tr1 is None else tr1, in0, in1))
         self.requests_total += 1
         error = status >= 500
         agg = self._interval.get(key)
         if agg is None:
-            self._interval[key] = [1, int(error), duration, duration, delta, delta,
-                                   None if tr0 is None or tr1 is None else tr1 - tr0]
-        else:
-            agg[0] += 1
-            if error:
-                agg[1] += 1
-            agg[2] += duration
-            if duration > agg[3]:
-                agg[3] = duration
-            agg[4] += delta
-            if delta > agg[5]:
-                agg[5] = delta
-            if tr0 is not None and tr1 is not None:
-                agg[6] = tr1 - tr0 if agg[6] is None else agg[6] + tr1 - tr0
+            # calls, errors, duration sum, duration max, RSS-measured calls, delta sum, delta max, traced sum
+            agg = self._interval[key] = [0, 0, 0.0, 0.0, 0, 0, None, None]
+        agg[0] += 1
+        if error:
+            agg[1] += 1
+        agg[2] += duration
+        if duration > agg[3]:
+            agg[3] = duration
+        if tr0 is not None and tr1 is not None:
+            agg[7] = tr1 - tr0 if agg[7] is None else agg[7] + tr1 - tr0
+        if rss0 is None:  # not measured: the middleware reads RSS for a time-spread subset
+            out.append(_REQUEST_LINE % (ts, names, status, duration, "null", "null",
+                                        "null" if tr0 is None else tr0, "null" if tr1 is None else tr1, in0, in1))
+            return
+        out.append(_REQUEST_LINE % (ts, names, status, duration, rss0, rss1,
+                                    "null" if tr0 is None else tr0, "null" if tr1 is None else tr1, in0, in1))
+        delta = rss1 - rss0
+        agg[4] += 1
+        agg[5] += delta
+        if agg[6] is None or delta > agg[6]:
+            agg[6] = delta
         if delta > _ENDPOINT_LINE_BYTES or delta < -_ENDPOINT_LINE_BYTES:
             log.append(humanlog.endpoint_line(ts + duration, key[0], key[1], delta, status))
 
     def _fold_interval(self) -> None:
         """Add the current interval's aggregates to the session totals."""
-        for key, (calls, errors, dur_sum, dur_max, d_sum, d_max, _) in self._interval.items():
+        for key, (calls, errors, dur_sum, dur_max, measured, d_sum, d_max, _) in self._interval.items():
             total = self._endpoints.get(key)
             if total is None:
-                self._endpoints[key] = [calls, errors, dur_sum, dur_max, d_sum, d_max]
+                self._endpoints[key] = [calls, errors, dur_sum, dur_max, measured, d_sum, d_max]
             else:
                 total[0] += calls
                 total[1] += errors
                 total[2] += dur_sum
                 total[3] = max(total[3], dur_max)
-                total[4] += d_sum
-                total[5] = max(total[5], d_max)
+                total[4] += measured
+                total[5] += d_sum
+                if d_max is not None and (total[6] is None or d_max > total[6]):
+                    total[6] = d_max
         self._interval = {}
 
     def _sample(self, record: dict[str, Any], out: list[str], log: list[str]) -> None:
@@ -233,8 +238,8 @@ class RecordWriter:
                 "kind": "endpoint_interval", "ts_start": self._interval_start, "ts": record["ts"],
                 "seq": record["seq"], "method": method, "route": route, "calls": agg[0],
                 "errors": agg[1], "duration_s_sum": round(agg[2], 6), "duration_s_max": round(agg[3], 6),
-                "rss_delta_bytes_sum": agg[4], "rss_delta_bytes_max": agg[5],
-                "traced_delta_bytes_sum": agg[6],
+                "rss_measured": agg[4], "rss_delta_bytes_sum": agg[5], "rss_delta_bytes_max": agg[6],
+                "traced_delta_bytes_sum": agg[7],
             }) + "\n")
         self._fold_interval()
         self._interval_start = record["ts"]
@@ -258,11 +263,11 @@ class RecordWriter:
         """Per-endpoint totals, sorted by average delta as the seed's summary was."""
         self._fold_interval()
         rows = []
-        for (method, route), (calls, errors, dur_sum, dur_max, d_sum, d_max) in self._endpoints.items():
+        for (method, route), (calls, errors, dur_sum, dur_max, measured, d_sum, d_max) in self._endpoints.items():
             rows.append({
-                "method": method, "route": route, "calls": calls, "errors": errors,
-                "avg_delta_bytes": round(d_sum / calls), "max_delta_bytes": d_max,
+                "method": method, "route": route, "calls": calls, "errors": errors, "rss_measured": measured,
+                "avg_delta_bytes": round(d_sum / measured) if measured else None, "max_delta_bytes": d_max,
                 "avg_duration_s": round(dur_sum / calls, 6), "max_duration_s": round(dur_max, 6),
             })
-        rows.sort(key=lambda r: r["avg_delta_bytes"], reverse=True)
+        rows.sort(key=lambda r: -1e18 if r["avg_delta_bytes"] is None else r["avg_delta_bytes"], reverse=True)
         return rows

@@ -28,6 +28,7 @@ from leakyspanner.capture import LeakyspannerMiddleware
         ({"snapshot_mode": "thread"}, "snapshot_mode must be one of 'auto', 'fork', 'inline'"),
         ({"traceback_frames": 0}, "traceback_frames must be an integer >= 1"),
         ({"traceback_frames": 500}, "traceback_frames must be an integer from 1 to 100"),
+        ({"request_rss_interval_seconds": -0.001}, "request_rss_interval_seconds must be a number >= 0"),
     ],
 )
 def test_bad_argument_fails_at_attach_naming_valid_values(tmp_path, kwargs, message):

@@ -62,7 +62,7 @@ def test_responses_are_byte_for_byte_identical_with_and_without_profiler(tmp_pat
 
 def test_one_record_per_request_with_route_template_status_and_rss(tmp_path):
     app = _make_app()
-    profiler = leakyspanner(app, log_path=tmp_path, level="mid")
+    profiler = leakyspanner(app, log_path=tmp_path, level="mid", request_rss_interval_seconds=0)
     try:
         asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(5)] + [("POST", "/echo", {"content": b"x"})]))
     finally:
@@ -79,6 +79,52 @@ def test_one_record_per_request_with_route_template_status_and_rss(tmp_path):
     summary = records["summary"][0]
     assert {(e["method"], e["route"], e["calls"]) for e in summary["endpoints"]} == {
         ("GET", "/items/{item_id}", 5), ("POST", "/echo", 1)}
+
+
+def test_under_load_rss_is_read_for_a_time_spread_subset_while_counts_stay_exact(tmp_path):
+    app = _make_app()
+    # one measured request per 60 s: only the first of this burst is measured
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=60)
+    reads = []
+    real_read = profiler._read_rss
+    profiler._read_rss = lambda: reads.append(1) or real_read()
+    try:
+        asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(30)]))
+    finally:
+        profiler.stop()
+    records = read_jsonl(profiler.jsonl_file)
+    requests = records["request"]
+    assert len(requests) == 30 and [r["status"] for r in requests] == [200] * 30
+    assert requests[0]["rss_before_bytes"] > 1_000_000 and requests[0]["rss_after_bytes"] > 1_000_000
+    assert all(r["rss_before_bytes"] is None and r["rss_after_bytes"] is None for r in requests[1:])
+    assert all(r["duration_s"] >= 0 for r in requests), "duration is kept for every request"
+    assert len(reads) == 2, "one read at each end of the one measured request"
+    intervals = records["endpoint_interval"]
+    assert sum(i["calls"] for i in intervals) == 30 and sum(i["rss_measured"] for i in intervals) == 1
+    delta = requests[0]["rss_after_bytes"] - requests[0]["rss_before_bytes"]
+    assert sum(i["rss_delta_bytes_sum"] for i in intervals) == delta
+    [endpoint] = records["summary"][0]["endpoints"]
+    assert (endpoint["calls"], endpoint["rss_measured"], endpoint["avg_delta_bytes"]) == (30, 1, delta)
+    assert "calls=  30" in profiler.log_file.read_text() and "(RSS measured on 1)" in profiler.log_file.read_text()
+
+
+def test_requests_further_apart_than_the_rss_interval_are_all_measured(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0.001)  # requests 5 ms apart
+
+    async def spaced() -> None:
+        async with _client(app) as client:
+            for i in range(5):
+                await client.get(f"/items/{i}")
+                await asyncio.sleep(0.005)
+
+    try:
+        asyncio.run(spaced())
+    finally:
+        profiler.stop()
+    requests = read_jsonl(profiler.jsonl_file)["request"]
+    assert len(requests) == 5
+    assert all(r["rss_before_bytes"] > 1_000_000 and r["rss_after_bytes"] > 1_000_000 for r in requests)
 
 
 def test_app_exception_propagates_untouched_and_is_recorded_as_500(tmp_path):
@@ -200,7 +246,7 @@ def test_request_records_stay_small(tmp_path):
     assert max(len(line) + 1 for line in lines) <= 140
 
 
-def test_each_sequential_request_sees_its_own_allocation(tmp_path):
+def test_each_measured_sequential_request_sees_its_own_allocation(tmp_path):
     kept = []
     app = FastAPI()
 
@@ -209,7 +255,7 @@ def test_each_sequential_request_sees_its_own_allocation(tmp_path):
         kept.append(b"x" * 4_000_000)  # written, so the pages are resident
         return {}
 
-    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0)
     try:
         asyncio.run(_exchange(app, [("POST", "/keep")] * 5))
     finally:

@@ -48,7 +48,7 @@ def test_unwritable_log_path_disables_capture_with_one_warning(tmp_path, caplog)
 
 def test_failing_memory_reader_is_counted_logged_once_and_app_keeps_serving(tmp_path, caplog):
     app = _app()
-    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0)
 
     def broken() -> int:
         raise OSError("injected")

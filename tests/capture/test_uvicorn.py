@@ -11,6 +11,8 @@ import httpx
 import pytest
 from capture_files import only_session, read_jsonl
 
+from leakyspanner import schema
+
 APP = """
 import asyncio
 from contextlib import asynccontextmanager
@@ -64,6 +66,7 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
         for i in range(20):
             assert client.get(f"/items/{i}").json() == {"id": i, "state": "hello from lifespan"}
         for _ in range(4):
+            time.sleep(0.01)  # further apart than request_rss_interval_seconds: each is measured
             client.post("/keep")
         time.sleep(0.8)
         assert client.get("/items/99").status_code == 200, "still serving after forked snapshots"
@@ -73,9 +76,11 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
     jsonl, log = only_session(tmp_path / "logs")
     records = read_jsonl(jsonl)
     header = records["header"][0]
-    assert header["schema_version"] == 1 and header["level"] == "mid"
+    assert header["schema_version"] == schema.SCHEMA_VERSION and header["level"] == "mid"
     assert len(records["sample"]) >= 2
     assert {r["route"] for r in records["request"]} == {"/items/{item_id}", "/keep"}
+    kept = [r for r in records["request"] if r["route"] == "/keep"]
+    assert len(kept) == 4 and all(r["rss_after_bytes"] is not None for r in kept)
     intervals = records["endpoint_interval"]
     assert sum(i["calls"] for i in intervals) == 25
     assert records["snapshot"], "mid level takes allocation snapshots"
