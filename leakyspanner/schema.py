@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: Bumped on any change a reader of the previous version would misread.
-#: 2: RSS is measured on a time-spread subset of requests under load (null on
+#: 2: RSS is measured on a random sample of requests under load (null on
 #: the others); ``endpoint_interval.rss_measured`` counts the measured ones.
 SCHEMA_VERSION = 2
 FORMAT_NAME = "leakyspanner-jsonl"
@@ -72,9 +72,9 @@ REQUEST_FIELDS = (
     "inflight_start",       # requests in flight when this one started (itself included)
     "inflight_end",         # requests in flight when this one completed (itself included)
 )
-# Measured requests: RSS costs a syscall, so it is read for at most one request
-# starting per ``config.request_rss_interval_seconds`` (default 5 ms; 0 = all).
-# Below that rate every request is measured; above it, a time-spread subset.
+# Measured requests: RSS costs a syscall, so under load it is read for a uniform
+# random sample of about one request per ``config.request_rss_interval_seconds``
+# (default 5 ms; 0 = all). Below that rate every request is measured.
 
 #: Record kinds and their fields: name -> description with unit.
 FIELDS: dict[str, dict[str, str]] = {

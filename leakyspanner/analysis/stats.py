@@ -30,7 +30,8 @@ __all__ = [
 _HOUR_S = 3600.0
 _FIT_POINTS = 400  # pairwise slopes grow with the square: 80k pairs at most
 _MB = 1024 * 1024
-_ENDPOINT_COLUMNS = ["method", "route", "endpoint", "calls", "errors", "avg_delta_bytes", "p50_delta_bytes",
+_ENDPOINT_COLUMNS = ["method", "route", "endpoint", "calls", "errors", "rss_measured", "avg_delta_bytes",
+                     "p50_delta_bytes",
                      "p95_delta_bytes", "max_delta_bytes", "avg_duration_s", "p95_duration_s"]
 _SITE_COLUMNS = ["site", "file", "line", "size_a", "size_b", "size_diff_bytes", "count_a", "count_b", "count_diff"]
 _ALIGNED_COLUMNS = ["session_id", "elapsed_s", "rss_bytes", "traced_bytes", "vms_bytes", "baseline_rss_bytes",
@@ -57,7 +58,8 @@ def endpoint_label(method: object, route: object) -> str:
 def endpoint_table(sessions: Sessions, session_id: str | None = None) -> pd.DataFrame:
     """Per method and route: calls, errors (status >= 500), RSS change and duration statistics.
 
-    ``session_id=None`` pools every loaded session. Rows are sorted by suspicion:
+    RSS statistics are over the ``rss_measured`` calls: under load capture reads
+    RSS for a random sample of requests only. ``session_id=None`` pools every loaded session. Rows are sorted by suspicion:
     average per-request RSS change, largest first (ties: more calls first).
     """
     _check_session(sessions, session_id)
@@ -66,7 +68,8 @@ def endpoint_table(sessions: Sessions, session_id: str | None = None) -> pd.Data
         requests = requests[requests["session_id"] == session_id]
     if requests.empty:
         return pd.DataFrame({name: pd.Series(dtype="float64") for name in _ENDPOINT_COLUMNS}).astype(
-            {"method": "str", "route": "str", "endpoint": "str", "calls": "int64", "errors": "int64"})
+            {"method": "str", "route": "str", "endpoint": "str", "calls": "int64", "errors": "int64",
+             "rss_measured": "int64"})
     frame = pd.DataFrame({
         "method": requests["method"].astype("str"),
         "route": requests["route"].astype("str"),
@@ -78,6 +81,7 @@ def endpoint_table(sessions: Sessions, session_id: str | None = None) -> pd.Data
     table = pd.DataFrame({
         "calls": grouped.size(),
         "errors": grouped["error"].sum().astype("int64"),
+        "rss_measured": grouped["delta"].count().astype("int64"),
         "avg_delta_bytes": grouped["delta"].mean(),
         "p50_delta_bytes": grouped["delta"].quantile(0.5),
         "p95_delta_bytes": grouped["delta"].quantile(0.95),

@@ -9,15 +9,19 @@ and exception passes through untouched.
 Which requests are measured: a syscall costs more than everything else this
 middleware does (on the benchmark VM two /proc reads per request cost about
 13 µs each under load, a quarter of a tiny endpoint's CPU), so RSS is read
-for at most one request starting per ``request_rss_interval_seconds`` (5 ms
-by default: at most 400 reads/s). Requests further apart are all measured;
-under load a time-spread subset is, and the others record null RSS. Counts,
-status and duration stay exact for every request.
+for about one request per ``request_rss_interval_seconds`` (5 ms by default)
+at most. Each request is measured with the same probability, set per 0.1 s
+window from the previous window's rate, so the measured ones are a uniform
+random sample: choosing "the first request after 5 ms" instead would favour
+requests that follow slow ones. Below the target rate every request is
+measured. The others record null RSS; counts, status and duration stay exact
+for every request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import tracemalloc
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -31,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["LeakyspannerMiddleware"]
 
 _get_traced = tracemalloc.get_traced_memory
+_random = random.random
+#: requests are counted per window; the next window measures each request with
+#: probability (target reads per window) / (requests in the last window)
+_WINDOW_S = 0.1
 
 
 class _Exchange:
@@ -121,8 +129,13 @@ class LeakyspannerMiddleware:
             p._inflight += 1
             x.in0 = p._inflight
             x.t0 = t0 = perf_counter()
-            if t0 - p._rss_t >= p._rss_every_s:  # measured: RSS read at both ends
-                p._rss_t = t0
+            if t0 >= p._window_end:  # a new window: this probability keeps reads near the target rate
+                n = p._window_requests  # started within the last window's _WINDOW_S
+                p._rss_p = min(1.0, p._rss_quota / n) if n else 1.0
+                p._window_requests = 0
+                p._window_end = t0 + _WINDOW_S
+            p._window_requests += 1
+            if p._rss_p >= 1.0 or _random() < p._rss_p:  # measured: RSS read at both ends
                 x.rss0 = p._read_rss()
             else:
                 x.rss0 = None

@@ -28,6 +28,7 @@ from ..schema import (
 )
 from . import humanlog
 from .allocations import SNAPSHOT_MODES
+from .middleware import _WINDOW_S as _RSS_WINDOW_S
 from .middleware import LeakyspannerMiddleware
 from .procmem import ProcessReader, cgroup_memory_limit_bytes
 from .routes import RouteNamer
@@ -130,8 +131,12 @@ class Profiler:
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
-        self._rss_every_s = self.request_rss_interval_seconds
-        self._rss_t = -1e9  # perf_counter time the last measured request started
+        # RSS sampling (see middleware): target reads per window, current probability, window state
+        self._rss_quota = (_RSS_WINDOW_S / self.request_rss_interval_seconds
+                           if self.request_rss_interval_seconds > 0 else float("inf"))
+        self._rss_p = 1.0
+        self._window_requests = 0
+        self._window_end = 0.0
         self.requests_dropped = 0
         self.internal_errors = 0
         # session state
@@ -192,7 +197,7 @@ class Profiler:
             return False
         self.reader = ProcessReader(self._proc_root)
         self._read_rss = self.reader.read_rss_bytes
-        self._rss_t = -1e9
+        self._rss_p, self._window_requests, self._window_end = 1.0, 0, 0.0
         self.baseline_rss_bytes, baseline_vms = self.reader.read_rss_vms_bytes()
         self.cgroup_limit_bytes = cgroup_memory_limit_bytes()
         self.session_id, self.jsonl_file, self.log_file, self.start_ts = stem, jsonl_path, log_path, start_ts
@@ -395,9 +400,9 @@ def leakyspanner(
     auto_window_seconds, max_buffered_records, snapshot_mode (``auto``:
     take allocation snapshots in a forked child when that stalls the app
     less, ``fork``, ``inline``), traceback_frames (tracemalloc frames,
-    1-100; default 1, deep 5), request_rss_interval_seconds (RSS is read
-    for at most one request starting per this many seconds, default 0.005;
-    0 measures every request).
+    1-100; default 1, deep 5), request_rss_interval_seconds (under load
+    RSS is read for a random sample of about one request per this many
+    seconds, default 0.005; 0 measures every request).
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be True or False, got {enabled!r}")

@@ -109,7 +109,7 @@ _LABELS = {
     "max_delta_bytes": "max Δ RSS", "avg_duration_s": "avg duration", "p95_duration_s": "p95 duration",
     "retained_bytes_per_call": "retained / call", "low_bytes_per_call": "retained / call, 90% low",
     "high_bytes_per_call": "retained / call, 90% high", "share_of_growth": "share of growth",
-    "significant": "leaks?", "errors": "errors (5xx)", "size_a": "size A", "size_b": "size B",
+    "significant": "leaks?", "errors": "errors (5xx)", "rss_measured": "RSS measured", "size_a": "size A", "size_b": "size B",
     "size_diff_bytes": "growth A→B", "count_a": "blocks A", "count_b": "blocks B", "count_diff": "+ blocks",
 }
 #: Columns whose unit their name does not spell.

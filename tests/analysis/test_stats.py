@@ -8,7 +8,8 @@ import plot_fixtures
 import pytest
 from plot_fixtures import BASELINE, INTERVAL_S, KB, LEAK_DELTAS, MB, SAMPLES
 
-from leakyspanner.analysis import stats
+from leakyspanner import schema
+from leakyspanner.analysis import load, stats
 
 pair = plot_fixtures.pair
 leaky = plot_fixtures.leaky
@@ -154,3 +155,18 @@ def test_public_names_are_sorted_and_exported():
     assert stats.__all__ == sorted(stats.__all__)
     for name in stats.__all__:
         assert callable(getattr(stats, name))
+
+
+def test_endpoint_table_rss_statistics_cover_only_the_measured_requests(tmp_path, synth):
+    records = synth.session(samples=2, requests_per_sample=4, routes=("/a",))
+    before = 1 + schema.REQUEST_FIELDS.index("rss_before_bytes")
+    for record in records:
+        # capture under load: the third request of each interval (GET, +12 KiB) was not measured
+        if isinstance(record, list) and record[before + 1] - record[before] == 3 * 4096:
+            record[before] = record[before + 1] = None
+    path = synth.write(tmp_path / f"{records[0]['session_id']}{schema.JSONL_SUFFIX}", records)
+    table = stats.endpoint_table(load(path)).set_index("endpoint")
+    get = table.loc["GET /a"]
+    assert (get["calls"], get["rss_measured"]) == (4, 2), "every call counted, only measured ones in RSS stats"
+    assert get["avg_delta_bytes"] == pytest.approx(4096) and get["max_delta_bytes"] == 4096
+    assert (table.loc["POST /a", "calls"], table.loc["POST /a", "rss_measured"]) == (4, 4)

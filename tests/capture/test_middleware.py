@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 
 import httpx
 import pytest
@@ -81,31 +82,65 @@ def test_one_record_per_request_with_route_template_status_and_rss(tmp_path):
         ("GET", "/items/{item_id}", 5), ("POST", "/echo", 1)}
 
 
-def test_under_load_rss_is_read_for_a_time_spread_subset_while_counts_stay_exact(tmp_path):
+def test_under_load_rss_is_read_for_a_sample_while_counts_stay_exact(tmp_path):
     app = _make_app()
-    # one measured request per 60 s: only the first of this burst is measured
-    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=60)
+    # a target of one measured request per 10**6 s: after the first 0.1 s window, none
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=1e6)
     reads = []
     real_read = profiler._read_rss
     profiler._read_rss = lambda: reads.append(1) or real_read()
+
+    async def burst_pause_burst() -> None:
+        async with _client(app) as client:
+            for i in range(3):
+                await client.get(f"/items/{i}")
+            await asyncio.sleep(0.15)
+            for i in range(30):
+                await client.get(f"/items/{i}")
+
     try:
-        asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(30)]))
+        asyncio.run(burst_pause_burst())
     finally:
         profiler.stop()
     records = read_jsonl(profiler.jsonl_file)
     requests = records["request"]
-    assert len(requests) == 30 and [r["status"] for r in requests] == [200] * 30
-    assert requests[0]["rss_before_bytes"] > 1_000_000 and requests[0]["rss_after_bytes"] > 1_000_000
-    assert all(r["rss_before_bytes"] is None and r["rss_after_bytes"] is None for r in requests[1:])
+    assert len(requests) == 33 and [r["status"] for r in requests] == [200] * 33
+    assert all(r["rss_before_bytes"] > 1_000_000 and r["rss_after_bytes"] > 1_000_000 for r in requests[:3])
+    assert all(r["rss_before_bytes"] is None and r["rss_after_bytes"] is None for r in requests[3:])
     assert all(r["duration_s"] >= 0 for r in requests), "duration is kept for every request"
-    assert len(reads) == 2, "one read at each end of the one measured request"
+    assert len(reads) == 6, "one read at each end of each measured request"
     intervals = records["endpoint_interval"]
-    assert sum(i["calls"] for i in intervals) == 30 and sum(i["rss_measured"] for i in intervals) == 1
-    delta = requests[0]["rss_after_bytes"] - requests[0]["rss_before_bytes"]
-    assert sum(i["rss_delta_bytes_sum"] for i in intervals) == delta
+    assert sum(i["calls"] for i in intervals) == 33 and sum(i["rss_measured"] for i in intervals) == 3
+    deltas = [r["rss_after_bytes"] - r["rss_before_bytes"] for r in requests[:3]]
+    assert sum(i["rss_delta_bytes_sum"] for i in intervals) == sum(deltas)
     [endpoint] = records["summary"][0]["endpoints"]
-    assert (endpoint["calls"], endpoint["rss_measured"], endpoint["avg_delta_bytes"]) == (30, 1, delta)
-    assert "calls=  30" in profiler.log_file.read_text() and "(RSS measured on 1)" in profiler.log_file.read_text()
+    assert (endpoint["calls"], endpoint["rss_measured"], endpoint["avg_delta_bytes"]) == (33, 3, round(sum(deltas) / 3))
+    text = profiler.log_file.read_text()
+    assert "calls=  33" in text and "(RSS measured on 3)" in text
+
+
+def test_measured_requests_are_an_unbiased_sample_not_the_ones_after_slow_requests(tmp_path):
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow():
+        time.sleep(0.002)  # blocks the loop: the next request starts after a 2 ms gap
+        return {}
+
+    @app.get("/fast")
+    async def fast():
+        return {}
+
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0.001)
+    try:
+        asyncio.run(_exchange(app, [("GET", "/slow" if i % 10 == 0 else "/fast") for i in range(2000)]))
+    finally:
+        profiler.stop()
+    requests = read_jsonl(profiler.jsonl_file)["request"]
+    measured = {route: sum(r["rss_after_bytes"] is not None for r in requests if r["route"] == route) / calls
+                for route, calls in (("/slow", 200), ("/fast", 1800))}
+    assert 0 < measured["/fast"] < 0.9, "under this load only a sample is measured"
+    assert 0.5 < measured["/slow"] / measured["/fast"] < 2, measured
 
 
 def test_requests_further_apart_than_the_rss_interval_are_all_measured(tmp_path):
