@@ -11,7 +11,15 @@ out. The server's own CPU time per request (all its threads, from
 other processes, so ``cpu × bare`` is the steadier estimate of capacity lost.
 The seed (leakyspanner 0.1.2) runs from ``benchmarks/.seed-venv``.
 
-    python -m benchmarks.bench_e2e [--quick] [--http both] [--no-seed]
+Run-to-run noise on a shared VM is several percent, more than the 5% budget
+being judged, so each round also gives a paired ratio (a config's run over
+bare's run in the same round, each from a freshly started server) and the
+median and quartiles of those are reported: ``empty`` (a middleware doing
+nothing) shows how far from 1.0 the noise alone moves a ratio. ``--name
+overhead --configs bare,empty,basic,auto --rounds 8`` is the focused run the
+basic/auto budgets are judged on.
+
+    python -m benchmarks.bench_e2e [--quick] [--http both] [--no-seed] [--name NAME]
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import _common as common  # type: ignore[no-redef]
     import apps  # type: ignore[no-redef]
 
-OUR_CONFIGS = ("bare", "basic", "mid", "deep", "auto", "deep10")
+OUR_CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "deep10")
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
 QUICK_CONFIGS = ("bare", "basic", "mid", "auto", "seed-basic", "seed-mid")
 
@@ -109,6 +117,7 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], duration_s: i
     for config, kinds in med.items():
         out[config] = {}
         for kind, m in kinds.items():
+            paired = _paired(samples[config][kind], samples.get("bare", {}).get(kind, []))
             bare = med.get("bare", {}).get(kind)
             level = "deep" if config == "deep10" else config
             seed = med.get(f"seed-{level}", {}).get(kind)
@@ -126,6 +135,7 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], duration_s: i
                 # capacity relative to bare judged by server CPU per request (>1 = costs more)
                 "cpu_ratio_to_bare": common.ratio(m["cpu_us"], bare["cpu_us"]) if bare else None,
                 "cpu_ratio_to_seed": common.ratio(m["cpu_us"], seed["cpu_us"]) if seed else None,
+                **paired,
                 "errors": errors, "runs": len(samples[config][kind]),
                 "empty_runs": sum(1 for r in samples[config][kind] if not r["requests"]),
             }
@@ -133,6 +143,37 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], duration_s: i
             out[config][kind] = {"rps": None, "rps_below": bound, "runs": len(samples[config][kind]),
                                  "empty_runs": len(samples[config][kind])}
     return out
+
+
+def _paired(runs: list[dict[str, Any]], bare_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and quartiles of per-round ratios to bare (req/s) and differences (CPU µs/request)."""
+    rps = sorted(r["rps"] / b["rps"] for r, b in zip(runs, bare_runs) if r["requests"] and b["requests"])
+    cpu = sorted(r["cpu_us_per_request"] - b["cpu_us_per_request"] for r, b in zip(runs, bare_runs)
+                 if r["requests"] and b["requests"])
+    if len(rps) < 2:
+        return {}
+    return {
+        "rps_ratio_paired": [round(v, 3) for v in _quartiles(rps)],
+        "cpu_extra_us_paired": [round(v, 1) for v in _quartiles(cpu)],
+    }
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    return common.percentile(values, 25), common.median(values), common.percentile(values, 75)
+
+
+def render_paired(summary: dict[str, dict[str, Any]]) -> str:
+    """One row per config and kind: the per-round ratios' quartiles."""
+    rows = []
+    for config, kinds in summary.items():
+        for kind, v in kinds.items():
+            if config == "bare" or not v.get("rps_ratio_paired"):
+                continue
+            q1, q2, q3 = v["rps_ratio_paired"]
+            c1, c2, c3 = v["cpu_extra_us_paired"]
+            rows.append([config, kind, q2, f"{q1}-{q3}", f"{c2:+.1f}", f"{c1:+.1f} .. {c3:+.1f}", v["runs"]])
+    return common.table(["config", "endpoint", "req/s × bare (median of rounds)", "quartiles",
+                         "extra CPU µs/req", "quartiles", "rounds"], rows)
 
 
 def render(summary: dict[str, dict[str, Any]]) -> str:
@@ -165,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", help="comma-separated configs (default all; quick: no deep)")
     parser.add_argument("--no-seed", action="store_true", help="skip the seed configs (and creating its venv)")
     parser.add_argument("--seed", type=int, default=1, help="shuffle seed")
+    parser.add_argument("--name", default="e2e", help="result file name in benchmarks/results (default e2e)")
     args = parser.parse_args(argv)
     if common.wrk_path() is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
@@ -208,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {impl}: round {r + 1}/{rounds} done ({time.monotonic() - t0:.0f} s)",
                       file=sys.stderr, flush=True)
             results[impl] = {"summary": summarize(samples, duration), "samples": samples, "servers": servers}
-    path = common.write_result("e2e", {
+    path = common.write_result(args.name, {
         "rounds": rounds, "duration_s": duration, "connections": args.connections, "quick": args.quick,
         "configs": configs, "seed_included": seed_python is not None, "http": impls,
         "elapsed_s": round(time.monotonic() - t0, 1), "results": results,
@@ -216,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     for impl in impls:
         print(f"\nuvicorn --http {impl}, wrk -t1 -c{args.connections} -d{duration}s, median of {rounds} round(s)")
         print(render(results[impl]["summary"]))
+        print("\nper-round ratios to bare (each round starts every server afresh)")
+        print(render_paired(results[impl]["summary"]))
         for s in results[impl]["servers"]:
             if s["exit_code"] not in (0, None) or s["stderr_tail"]:
                 print(f"  note: {s['config']} round {s['round']} exit {s['exit_code']}: {s['stderr_tail'][-200:]}")

@@ -47,6 +47,10 @@ _CAN_FORK = sys.platform == "linux" and hasattr(os, "fork")
 _INLINE_S_PER_BLOCK = 1e-6       # CPU for take_snapshot + grouping (0.4-0.6 µs measured)
 _FORK_S_PER_BYTE = 20e-3 / 2**30  # fork(): copying page tables
 _TM_BYTES_PER_BLOCK = 48          # tracemalloc's own memory per live block, to estimate blocks
+# Before the first snapshot has been measured, assume at least this much: under load a
+# forked snapshot of 27k blocks cost 56 ms (1 frame) to 123 ms (5 frames) of CPU here,
+# fixed costs (fork, the child's start and exit) that a per-block guess misses.
+_FIRST_SNAPSHOT_MIN_S = 0.1
 _CHILD_TIMEOUT_S = 30.0
 _MAX_FORK_FAILURES = 2
 
@@ -157,6 +161,7 @@ class SiteTracker:
         self._previous: dict[_Site, tuple[int, int]] = {}
         self._seq = 0
         self._inline_s_per_block = _INLINE_S_PER_BLOCK
+        self._measured = False  # a snapshot's cost has been learned
         self._fork_s_per_byte = _FORK_S_PER_BYTE
         self._fork_failures = 0
         self.last_error: str | None = None  # why the last fork attempt failed, for an event
@@ -172,7 +177,8 @@ class SiteTracker:
 
     def predicted_cost_s(self) -> float:
         """Work the next snapshot will take in all (either process), for the CPU budget."""
-        return self.estimated_blocks() * self._inline_s_per_block
+        per_block = self.estimated_blocks() * self._inline_s_per_block
+        return per_block if self._measured else max(per_block, _FIRST_SNAPSHOT_MIN_S)
 
     def _choose(self) -> str:
         if self.mode == "inline" or self._fork_failures >= _MAX_FORK_FAILURES:
@@ -270,6 +276,7 @@ class SiteTracker:
         merge_s = time.thread_time() - c_merge
         if blocks:  # inline or in the child, the same work
             self._inline_s_per_block = (cpu_s + merge_s) / blocks
+            self._measured = True
         record["mode"] = mode
         record["take_s"] = round(take_s, 6)
         record["stall_s"] = round(stall_s + merge_s, 6)

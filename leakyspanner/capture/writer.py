@@ -32,7 +32,7 @@ OBJECT = 2   # (OBJECT, record_dict): snapshot, alert, event
 _MB = 1024 * 1024
 # One request record: the tag, then schema.REQUEST_FIELDS in order (method and route pre-encoded).
 _REQUEST_LINE = '["' + REQUEST_TAG + '",%.4f,%s,%d,%.6f,%s,%s,%s,%s,%d,%d]\n'
-_CHUNK = 500  # records per GIL hold while draining (~1 ms)
+_CHUNK = 100  # records per GIL hold while draining (~0.2 ms: under a 1 ms tick's p99 lateness)
 _ENDPOINT_LINE_BYTES = _MB  # the human log lists requests whose |delta| exceeds 1 MB
 
 

@@ -85,8 +85,9 @@ def test_alert_fires_once_per_crossing_and_rearms_after_dropping_back(tmp_path):
 
 def test_auto_level_traces_only_for_a_window_after_growth(tmp_path):
     rss = [100, 101, 102, 115, 116, 117, 118, 119, 120]
+    # a budget that lets the first snapshot (assumed >= 0.1 s of work) in at the first tick
     profiler, sampler = _profiler(tmp_path, "auto", rss, auto_window_seconds=3.5,
-                                  snapshot_interval_seconds=0.5)
+                                  snapshot_interval_seconds=0.5, snapshot_cpu_budget=0.5)
     assert not tracemalloc.is_tracing(), "auto starts like basic"
     tracing = []
     for _ in rss:
@@ -146,7 +147,8 @@ def test_a_tiny_budget_defers_every_snapshot_but_the_closing_one(tmp_path):
 
 
 def test_snapshot_sites_exclude_leakyspanner_and_report_growth(tmp_path):
-    profiler, sampler = _profiler(tmp_path, "mid", [100] * 3, snapshot_interval_seconds=0.01)
+    profiler, sampler = _profiler(tmp_path, "mid", [100] * 3, snapshot_interval_seconds=0.01,
+                                  snapshot_cpu_budget=0.5)
     kept = []
     _tick(sampler)
     kept.extend(bytearray(1000) for _ in range(2000))

@@ -135,3 +135,15 @@ def test_a_failed_fork_is_recorded_as_an_event_and_the_session_goes_on(tmp_path,
     assert records["snapshot"] and all(s["mode"] == "inline" for s in records["snapshot"])
     assert records["summary"], "the session closed normally"
     del kept
+
+
+def test_first_snapshot_is_assumed_to_cost_a_fixed_floor_until_one_is_measured(tracing):
+    tracker = SiteTracker(top_n=5, mode="fork", rss_bytes=_rss)
+    # a handful of blocks: per block the guess would be microseconds, but a fork's fixed
+    # costs are not, so the budget must pay for the floor before the first one is taken
+    assert tracker.predicted_cost_s() == allocations._FIRST_SNAPSHOT_MIN_S
+    tracker.take()
+    # from then on: the measured cost per block times the blocks live now
+    assert tracker.predicted_cost_s() == pytest.approx(
+        tracker.estimated_blocks() * tracker._inline_s_per_block, rel=0.01)
+    assert tracker.predicted_cost_s() != allocations._FIRST_SNAPSHOT_MIN_S
