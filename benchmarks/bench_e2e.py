@@ -16,8 +16,10 @@ being judged, so each round also gives a paired ratio (a config's run over
 bare's run in the same round, each from a freshly started server) and the
 median and quartiles of those are reported: ``empty`` (a middleware doing
 nothing) shows how far from 1.0 the noise alone moves a ratio. ``--name
-overhead --configs bare,empty,basic,auto --rounds 8`` is the focused run the
-basic/auto budgets are judged on.
+overhead --configs bare,empty,basic,auto --rounds 8 --interleave 2 --duration 1``
+is the focused run the basic/auto budgets are judged on: within a round every
+server is up at once and 1 s runs alternate between them (A B C D, D C B A,
+...), so the host's slow drift falls on every config alike.
 
     python -m benchmarks.bench_e2e [--quick] [--http both] [--no-seed] [--name NAME]
 """
@@ -91,6 +93,61 @@ def _visit(python: str, config: str, http_impl: str, kinds: list[str], duration_
     out["_server"] = {"exit_code": code, "stderr_tail": stderr[-500:],
                       "session": _session_summary(log_dir)}
     shutil.rmtree(log_dir, ignore_errors=True)
+    return out
+
+
+def _interleaved_round(pythons: dict[str, str], http_impl: str, kinds: list[str], duration_s: int,
+                       connections: int, lua: str, reps: int, rng: random.Random) -> dict[str, dict[str, Any]]:
+    """Every config's server up at once; runs alternate A B C, C B A, ... per kind.
+
+    Host noise on this VM drifts over seconds, so configs visited one after the
+    other for 10 s each see different machines; alternating short runs inside
+    one round lets the drift fall on every config alike.
+    """
+    servers: dict[str, common.Server] = {}
+    log_dirs: dict[str, str] = {}
+    out: dict[str, dict[str, Any]] = {c: {} for c in pythons}
+    try:
+        for config, python in pythons.items():
+            log_dirs[config] = tempfile.mkdtemp(prefix=f"leakyspanner-bench-{config}-")
+            servers[config] = common.start_server(python, "apps:app_from_env",
+                                                  {"BENCH_CONFIG": config, "BENCH_LOG_DIR": log_dirs[config]},
+                                                  http_impl=http_impl)
+            _warm_up(servers[config].port)
+        for kind in kinds:
+            method, path = apps.ENDPOINTS[kind]
+            order = list(pythons)
+            rng.shuffle(order)
+            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in order}
+            cpu_s = dict.fromkeys(order, 0.0)
+            for rep in range(reps):
+                for config in order if rep % 2 == 0 else order[::-1]:
+                    server = servers[config]
+                    common.wait_idle(server.proc.pid)
+                    cpu0 = common.process_cpu_s(server.proc.pid)
+                    runs[config].append(common.run_wrk(f"http://127.0.0.1:{server.port}{path}", duration_s,
+                                                       connections=connections,
+                                                       script=lua if method == "POST" else None))
+                    cpu_s[config] += common.process_cpu_s(server.proc.pid) - cpu0
+            for config, done in runs.items():
+                requests = sum(r["requests"] or 0 for r in done)
+                out[config][kind] = {
+                    "rps": sum(r["rps"] for r in done) / len(done), "requests": requests,
+                    "p50_s": common.median([r["p50_s"] for r in done]),
+                    "p99_s": common.median([r["p99_s"] for r in done]),
+                    "non_2xx": sum(r["non_2xx"] for r in done), "socket_errors": sum(r["socket_errors"] for r in done),
+                    "cpu_us_per_request": cpu_s[config] / requests * 1e6 if requests else None,
+                    "reps": len(done),
+                }
+    finally:
+        for config, server in servers.items():
+            code = server.stop()
+            stderr = "\n".join(line for line in Path(server.stderr_path).read_text().splitlines()
+                               if line.strip() and "socket.send() raised" not in line)
+            Path(server.stderr_path).unlink()
+            out[config]["_server"] = {"exit_code": code, "stderr_tail": stderr[-500:],
+                                      "session": _session_summary(log_dirs[config])}
+            shutil.rmtree(log_dirs[config], ignore_errors=True)
     return out
 
 
@@ -207,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-seed", action="store_true", help="skip the seed configs (and creating its venv)")
     parser.add_argument("--seed", type=int, default=1, help="shuffle seed")
     parser.add_argument("--name", default="e2e", help="result file name in benchmarks/results (default e2e)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="REPS",
+                        help="keep every config's server up within a round and alternate REPS runs per kind "
+                             "(A B C, C B A, ...) instead of visiting configs one after the other")
     args = parser.parse_args(argv)
     if common.wrk_path() is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
@@ -235,6 +295,18 @@ def main(argv: list[str] | None = None) -> int:
             samples: dict[str, dict[str, list[dict[str, Any]]]] = {c: {k: [] for k in apps.ENDPOINTS} for c in configs}
             servers: list[dict[str, Any]] = []
             for r in range(rounds):
+                if args.interleave:
+                    kinds = list(apps.ENDPOINTS)
+                    pythons = {c: (seed_python if c in SEED_CONFIGS else None) or sys.executable for c in configs}
+                    visits = _interleaved_round(pythons, impl, kinds, duration, args.connections, lua,
+                                                args.interleave, rng)
+                    for config, visit in visits.items():
+                        servers.append({"config": config, "round": r, **visit.pop("_server")})
+                        for kind, value in visit.items():
+                            samples[config][kind].append(value)
+                    print(f"  {impl}: round {r + 1}/{rounds} done ({time.monotonic() - t0:.0f} s)",
+                          file=sys.stderr, flush=True)
+                    continue
                 order = list(configs)
                 rng.shuffle(order)
                 for config in order:
@@ -252,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             results[impl] = {"summary": summarize(samples, duration), "samples": samples, "servers": servers}
     path = common.write_result(args.name, {
         "rounds": rounds, "duration_s": duration, "connections": args.connections, "quick": args.quick,
+        "interleave_reps": args.interleave,
         "configs": configs, "seed_included": seed_python is not None, "http": impls,
         "elapsed_s": round(time.monotonic() - t0, 1), "results": results,
     })

@@ -144,8 +144,14 @@ async def _run(configs: list[str], rounds: int, window_s: float, interval_s: flo
 
 
 def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
-    """Median µs/request per config and kind, with ratios to bare and empty."""
-    med = {c: {k: common.median([s["cpu_us"] for s in v]) for k, v in kinds.items()} for c, kinds in samples.items()}
+    """Best (lowest) µs/request of the rounds per config and kind, with ratios to bare and empty.
+
+    Interference from the rest of the machine only ever adds time, and on this
+    VM it added up to 60% to single windows, enough to make the median of five
+    rank bare above an empty middleware; the minimum is the steady estimate of
+    what the code itself costs (timeit's reasoning). The median is kept too.
+    """
+    med = {c: {k: min(s["cpu_us"] for s in v) for k, v in kinds.items()} for c, kinds in samples.items()}
     out: dict[str, dict[str, Any]] = {}
     for config, kinds in med.items():
         out[config] = {}
@@ -154,6 +160,7 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             empty = med.get("empty", {}).get(kind)
             out[config][kind] = {
                 "us_per_request": round(us, 2),
+                "median_us_per_request": round(common.median([s["cpu_us"] for s in samples[config][kind]]), 2),
                 "wall_us_per_request": round(common.median([s["wall_us"] for s in samples[config][kind]]), 2),
                 "ratio_to_bare": common.ratio(us, bare) if bare else None,
                 "ratio_to_empty": common.ratio(us, empty) if empty else None,
@@ -170,15 +177,15 @@ def render(summary: dict[str, dict[str, Any]]) -> str:
             rows.append([config, kind, f"{v['us_per_request']:.1f}", v["ratio_to_bare"], v["ratio_to_empty"],
                          f"{v['extra_us_over_bare']:+.1f}" if v["extra_us_over_bare"] is not None else None,
                          "on" if v["tracing"] else "off"])
-    return common.table(["config", "endpoint", "µs/req (CPU)", "× bare", "× empty", "extra µs", "tracemalloc"],
-                        rows)
+    return common.table(["config", "endpoint", "µs/req (CPU, best round)", "× bare", "× empty", "extra µs",
+                         "tracemalloc"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 short rounds (~20 s)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 5, quick 3)")
-    parser.add_argument("--window-s", type=float, help="bare seconds per endpoint window (default 0.3)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 9, quick 3)")
+    parser.add_argument("--window-s", type=float, help="bare seconds per endpoint window (default 0.2)")
     parser.add_argument("--interval-s", type=float, default=60.0,
                         help="profiler interval_seconds (default 60: no sampler tick inside a window)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configs")
@@ -189,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
         parser.error(f"unknown config(s) {bad}; choose from {', '.join(CONFIGS)}")
-    rounds = args.rounds or (3 if args.quick else 5)
-    window_s = args.window_s or (0.08 if args.quick else 0.3)
+    rounds = args.rounds or (3 if args.quick else 9)
+    window_s = args.window_s or (0.08 if args.quick else 0.2)
     t0 = time.monotonic()
     raw = asyncio.run(_run(configs, rounds, window_s, args.interval_s, args.seed))
     summary = summarize(raw["samples"])
