@@ -64,7 +64,7 @@ REQUEST_FIELDS = (
     "method",               # HTTP method, "WS" for a websocket, "OTHER" for a non-standard one
     "route",                # route template (/items/{item_id}) or UNMATCHED_ROUTE
     "status",               # response status; 500 when the app raised first
-    "duration_s",           # start to last body chunk sent (or websocket closed)
+    "duration_s",           # start to last body chunk handed to the server (or websocket closed)
     "rss_before_bytes",     # resident set size at request start; null when not measured (see below)
     "rss_after_bytes",      # resident set size when the response completed; null when not measured
     "traced_before_bytes",  # tracemalloc traced memory at start (null when not tracing)

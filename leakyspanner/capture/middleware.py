@@ -11,7 +11,7 @@ middleware does (on the benchmark VM two /proc reads per request cost about
 13 µs each under load, a quarter of a tiny endpoint's CPU), so RSS is read
 for about one request per ``request_rss_interval_seconds`` (5 ms by default)
 at most. Each request is measured with the same probability, set per 0.1 s
-window from the previous window's rate, so the measured ones are a uniform
+window from the request rate seen since the previous one opened, so the measured ones are a uniform
 random sample: choosing "the first request after 5 ms" instead would favour
 requests that follow slow ones. Below the target rate every request is
 measured. The others record null RSS; counts, status and duration stay exact
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import tracemalloc
+from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,9 @@ __all__ = ["LeakyspannerMiddleware"]
 
 _get_traced = tracemalloc.get_traced_memory
 _random = random.random
-#: requests are counted per window; the next window measures each request with
-#: probability (target reads per window) / (requests in the last window)
+#: requests are counted per window (at least this long, closed by the first request
+#: after it); the next window measures each request with probability
+#: target rate / the rate the last window saw, so an idle gap counts as slow traffic
 _WINDOW_S = 0.1
 
 
@@ -62,18 +64,28 @@ class _Exchange:
     status: int
     done: bool
 
-    async def __call__(self, message: Message) -> None:
-        await self.send(message)
-        message_type = message["type"]
-        if message_type == "http.response.start":
-            self.status = message["status"]
-        elif message_type == "http.response.body":
-            if not self.done and not message.get("more_body", False):
-                self.finish()
-        elif message_type == "websocket.close":
-            self.status = message.get("code", 1000)
-        elif message_type == "websocket.http.response.start":  # handshake denied with an HTTP response
-            self.status = message["status"]
+    def __call__(self, message: Message) -> Awaitable[None]:
+        """Look at the message, then hand back the server's own awaitable.
+
+        Not a coroutine of ours: that would add a frame to every message, which
+        a 20-chunk stream pays 21 times. So the request ends when its last body
+        chunk is handed to the server, and a malformed message reaches the
+        server untouched.
+        """
+        try:
+            message_type = message["type"]
+            if message_type == "http.response.body":
+                if not self.done and not message.get("more_body", False):
+                    self.finish()
+            elif message_type == "http.response.start":
+                self.status = message["status"]
+            elif message_type == "websocket.close":
+                self.status = message.get("code", 1000)
+            elif message_type == "websocket.http.response.start":  # handshake denied with an HTTP response
+                self.status = message["status"]
+        except Exception as exc:
+            self.p._internal_error("send", exc)
+        return self.send(message)
 
     def finish(self) -> None:
         self.done = True
@@ -130,9 +142,10 @@ class LeakyspannerMiddleware:
             x.in0 = p._inflight
             x.t0 = t0 = perf_counter()
             if t0 >= p._window_end:  # a new window: this probability keeps reads near the target rate
-                n = p._window_requests  # started within the last window's _WINDOW_S
-                p._rss_p = min(1.0, p._rss_quota / n) if n else 1.0
+                n = p._window_requests  # requests since the last window opened, (t0 - its start) ago
+                p._rss_p = min(1.0, (t0 - p._window_start) * p._rss_per_s / n) if n else 1.0
                 p._window_requests = 0
+                p._window_start = t0
                 p._window_end = t0 + _WINDOW_S
             p._window_requests += 1
             if p._rss_p >= 1.0 or _random() < p._rss_p:  # measured: RSS read at both ends

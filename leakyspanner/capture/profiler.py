@@ -28,7 +28,6 @@ from ..schema import (
 )
 from . import humanlog
 from .allocations import SNAPSHOT_MODES
-from .middleware import _WINDOW_S as _RSS_WINDOW_S
 from .middleware import LeakyspannerMiddleware
 from .procmem import ProcessReader, cgroup_memory_limit_bytes
 from .routes import RouteNamer
@@ -131,12 +130,12 @@ class Profiler:
         self._buffer: deque[tuple[Any, ...]] = deque()
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
-        # RSS sampling (see middleware): target reads per window, current probability, window state
-        self._rss_quota = (_RSS_WINDOW_S / self.request_rss_interval_seconds
+        # RSS sampling (see middleware): target measured requests per second, current probability, window
+        self._rss_per_s = (1 / self.request_rss_interval_seconds
                            if self.request_rss_interval_seconds > 0 else float("inf"))
         self._rss_p = 1.0
         self._window_requests = 0
-        self._window_end = 0.0
+        self._window_start = self._window_end = 0.0
         self.requests_dropped = 0
         self.internal_errors = 0
         # session state
@@ -197,7 +196,7 @@ class Profiler:
             return False
         self.reader = ProcessReader(self._proc_root)
         self._read_rss = self.reader.read_rss_bytes
-        self._rss_p, self._window_requests, self._window_end = 1.0, 0, 0.0
+        self._rss_p, self._window_requests, self._window_start, self._window_end = 1.0, 0, 0.0, 0.0
         self.baseline_rss_bytes, baseline_vms = self.reader.read_rss_vms_bytes()
         self.cgroup_limit_bytes = cgroup_memory_limit_bytes()
         self.session_id, self.jsonl_file, self.log_file, self.start_ts = stem, jsonl_path, log_path, start_ts

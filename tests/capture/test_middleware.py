@@ -143,7 +143,7 @@ def test_measured_requests_are_an_unbiased_sample_not_the_ones_after_slow_reques
     assert 0.5 < measured["/slow"] / measured["/fast"] < 2, measured
 
 
-def test_requests_further_apart_than_the_rss_interval_are_all_measured(tmp_path):
+def test_requests_below_the_target_rate_are_all_measured(tmp_path):
     app = _make_app()
     profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0.001)  # requests 5 ms apart
 

@@ -65,8 +65,9 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
     with httpx.Client(base_url=server.url) as client:
         for i in range(20):
             assert client.get(f"/items/{i}").json() == {"id": i, "state": "hello from lifespan"}
+        time.sleep(0.3)  # a pause, then requests slower than the sampling target: each is measured
         for _ in range(4):
-            time.sleep(0.01)  # further apart than request_rss_interval_seconds: each is measured
+            time.sleep(0.01)
             client.post("/keep")
         time.sleep(0.8)
         assert client.get("/items/99").status_code == 200, "still serving after forked snapshots"
