@@ -7,7 +7,8 @@
   any middleware pays);
 * ``basic``, ``mid``, ``deep``, ``auto``: this checkout's leakyspanner at that
   level, logs in a temp dir, ``interval_seconds=1``; ``deep10``: deep with
-  ``traceback_frames=10``, the seed's depth;
+  ``traceback_frames=10``, the seed's depth; ``basic-rss-all``: basic reading
+  RSS for every request (``request_rss_interval_seconds=0``);
 * ``seed-basic``, ``seed-mid``, ``seed-deep``: leakyspanner 0.1.2, only in the
   venv that has it installed (``benchmarks/.seed-venv``).
 
@@ -36,9 +37,13 @@ from pydantic import BaseModel
 
 __all__ = ["CONFIGS", "ENDPOINTS", "SEED_CONFIGS", "VALIDATE_BODY", "EmptyMiddleware", "app_from_env", "make_app"]
 
-LEVEL_CONFIGS = ("basic", "mid", "deep", "auto", "deep10")
-#: configs that are a level with extra arguments: deep10 is deep at the seed's 10 frames
-_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"deep10": ("deep", {"traceback_frames": 10})}
+LEVEL_CONFIGS = ("basic", "mid", "deep", "auto", "deep10", "basic-rss-all")
+#: configs that are a level with extra arguments: deep10 is deep at the seed's 10 frames,
+#: basic-rss-all reads RSS at both ends of every request (the cost the sampling avoids)
+_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "deep10": ("deep", {"traceback_frames": 10}),
+    "basic-rss-all": ("basic", {"request_rss_interval_seconds": 0}),
+}
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
 CONFIGS = ("bare", "empty", *LEVEL_CONFIGS, *SEED_CONFIGS)
 

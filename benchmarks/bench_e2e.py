@@ -16,7 +16,7 @@ being judged, so each round also gives a paired ratio (a config's run over
 bare's run in the same round, each from a freshly started server) and the
 median and quartiles of those are reported: ``empty`` (a middleware doing
 nothing) shows how far from 1.0 the noise alone moves a ratio. ``--name
-overhead --configs bare,empty,basic,auto --rounds 8 --interleave 2 --duration 1``
+overhead --configs bare,empty,basic,auto,basic-rss-all --rounds 8 --interleave 2 --duration 1``
 is the focused run the basic/auto budgets are judged on: within a round every
 server is up at once and 1 s runs alternate between them (A B C D, D C B A,
 ...), so the host's slow drift falls on every config alike.
@@ -44,6 +44,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import apps  # type: ignore[no-redef]
 
 OUR_CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "deep10")
+EXTRA_CONFIGS = ("basic-rss-all",)  # only when named with --configs (the overhead run does)
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
 QUICK_CONFIGS = ("bare", "basic", "mid", "auto", "seed-basic", "seed-mid")
 
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--http {args.http}: available here are {', '.join(available)}")
     configs = [c for c in (args.configs or "").split(",") if c] or list(
         QUICK_CONFIGS if args.quick else OUR_CONFIGS + SEED_CONFIGS)
-    bad = [c for c in configs if c not in OUR_CONFIGS + SEED_CONFIGS]
+    bad = [c for c in configs if c not in OUR_CONFIGS + SEED_CONFIGS + EXTRA_CONFIGS]
     if bad:
         parser.error(f"unknown config(s) {bad}")
     seed_python = None

@@ -30,7 +30,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
 BENCHMARKS = ("inprocess", "e2e", "overhead", "stall", "memory")
 #: the module and arguments of each benchmark; "overhead" is bench_e2e focused on the tight budgets
 _COMMANDS = {name: [f"benchmarks.bench_{name}"] for name in BENCHMARKS} | {
-    "overhead": ["benchmarks.bench_e2e", "--name", "overhead", "--configs", "bare,empty,basic,auto",
+    "overhead": ["benchmarks.bench_e2e", "--name", "overhead", "--configs", "bare,empty,basic,auto,basic-rss-all",
                  "--rounds", "8", "--interleave", "2", "--duration", "1", "--no-seed"],
 }
 KINDS = ("tiny", "validate", "alloc", "stream")
@@ -88,6 +88,13 @@ def budgets(results: dict[str, Any]) -> list[list[str]]:
                      + ("; noise reference, an empty middleware: " + ", ".join(
                          f"{k} {empty[k]['rps_ratio_paired'][1]}" for k in KINDS
                          if empty.get(k, {}).get("rps_ratio_paired")) if empty else "")])
+    every = focused.get("basic-rss-all", {})
+    if every:
+        kinds = [k for k in KINDS if every.get(k, {}).get("rps_ratio_paired")]
+        rows.append(["(context) basic reading RSS at both ends of every request (request_rss_interval_seconds=0)", "",
+                     "req/s × bare: " + ", ".join(f"{k} {every[k]['rps_ratio_paired'][1]}" for k in kinds)
+                     + "; extra server CPU µs/req: " + ", ".join(
+                         f"{k} {every[k]['cpu_extra_us_paired'][1]:+.1f}" for k in kinds)])
     if basic and not focused.get("basic"):
         ratios = {k: basic[k].get("rps_ratio_to_bare") for k in KINDS if k in basic}
         cpu = {k: basic[k].get("cpu_ratio_to_bare") for k in KINDS if k in basic}
@@ -200,10 +207,12 @@ def report(results: dict[str, Any]) -> str:
     if results.get("overhead"):
         r = results["overhead"]
         for impl, data in r["results"].items():
-            out += ["", f"## The tight budgets: bare, empty, basic, auto (uvicorn --http {impl})", "",
-                    f"{r['rounds']} rounds of `wrk -t1 -c{r['connections']} -d{r['duration_s']}s`, every server "
-                    "started afresh each round; a ratio per round to bare's run in the same round. The "
-                    "empty middleware does nothing: its spread is the noise floor.", "",
+            out += ["", f"## The tight budgets: {', '.join(r['configs'])} (uvicorn --http {impl})", "",
+                    f"{r['rounds']} rounds; in each, every config's server is started afresh and kept up while "
+                    f"`wrk -t1 -c{r['connections']} -d{r['duration_s']}s` runs alternate between them "
+                    f"({r.get('interleave_reps') or 1} per config and endpoint kind, A B C D then D C B A); a "
+                    "ratio per round to bare's runs in the same round. The empty middleware does nothing: "
+                    "its spread is the noise floor.", "",
                     bench_e2e.render_paired(data["summary"])]
     if results.get("stall"):
         r = results["stall"]
