@@ -67,14 +67,17 @@ REQUEST_FIELDS = (
     "duration_s",           # start to last body chunk handed to the server (or websocket closed)
     "rss_before_bytes",     # resident set size at request start; null when not measured (see below)
     "rss_after_bytes",      # resident set size when the response completed; null when not measured
-    "traced_before_bytes",  # tracemalloc traced memory at start (null when not tracing)
-    "traced_after_bytes",   # tracemalloc traced memory at completion (null when not tracing)
+    "traced_before_bytes",  # tracemalloc traced memory at start (null when not tracing or not measured)
+    "traced_after_bytes",   # tracemalloc traced memory at completion (null when not tracing or not measured)
     "inflight_start",       # requests in flight when this one started (itself included)
     "inflight_end",         # requests in flight when this one completed (itself included)
 )
 # Measured requests: RSS costs a syscall, so under load it is read for a uniform
 # random sample of about one request per ``config.request_rss_interval_seconds``
-# (default 5 ms; 0 = all). Below that rate every request is measured.
+# (default 5 ms; 0 = all). Below that rate every request is measured. Traced
+# memory is read for the same sample (each read allocates, which costs a
+# traceback capture under tracemalloc), so ``endpoint_interval``'s
+# ``traced_delta_bytes_sum`` is over the ``rss_measured`` calls.
 
 #: Record kinds and their fields: name -> description with unit.
 FIELDS: dict[str, dict[str, str]] = {

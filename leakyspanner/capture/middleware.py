@@ -15,7 +15,9 @@ window from the request rate seen since the previous one opened, so the measured
 random sample: choosing "the first request after 5 ms" instead would favour
 requests that follow slow ones. Below the target rate every request is
 measured. The others record null RSS; counts, status and duration stay exact
-for every request.
+for every request. Traced memory is read for the same sample: under
+tracemalloc each ``get_traced_memory()`` call allocates a tuple and two ints,
+and every allocation there costs a traceback capture.
 """
 
 from __future__ import annotations
@@ -148,11 +150,11 @@ class LeakyspannerMiddleware:
                 p._window_start = t0
                 p._window_end = t0 + _WINDOW_S
             p._window_requests += 1
-            if p._rss_p >= 1.0 or _random() < p._rss_p:  # measured: RSS read at both ends
+            if p._rss_p >= 1.0 or _random() < p._rss_p:  # measured: RSS (and traced memory) at both ends
                 x.rss0 = p._read_rss()
+                x.tr0 = _get_traced()[0] if p._tracing else None
             else:
-                x.rss0 = None
-            x.tr0 = _get_traced()[0] if p._tracing else None
+                x.rss0 = x.tr0 = None
         except Exception as exc:
             p._internal_error("request start", exc)
             await self.app(scope, receive, send)

@@ -85,7 +85,7 @@ def _watch_forks(monkeypatch):
 
 
 def test_a_hung_child_is_killed_reaped_and_the_snapshot_taken_inline(tracing, monkeypatch):
-    def hang(write_fd, deep_traces):
+    def hang(*args):
         time.sleep(60)
         os._exit(0)
 
@@ -103,7 +103,7 @@ def test_a_hung_child_is_killed_reaped_and_the_snapshot_taken_inline(tracing, mo
 
 
 def test_after_repeated_child_failures_snapshots_stop_forking(tracing, monkeypatch):
-    monkeypatch.setattr(allocations, "_child_main", lambda write_fd, deep_traces: os._exit(3))
+    monkeypatch.setattr(allocations, "_child_main", lambda *args: os._exit(3))
     pids = _watch_forks(monkeypatch)
     tracker = SiteTracker(mode="fork")
     records = [tracker.take() for _ in range(4)]
@@ -123,7 +123,7 @@ def test_auto_mode_forks_only_when_that_is_predicted_to_stall_less(tracing):
 
 
 def test_a_failed_fork_is_recorded_as_an_event_and_the_session_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(allocations, "_child_main", lambda write_fd, deep_traces: os._exit(3))
+    monkeypatch.setattr(allocations, "_child_main", lambda *args: os._exit(3))
     profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="mid", interval_seconds=3600,
                             snapshot_mode="fork")
     kept = [bytearray(100) for _ in range(1000)]
@@ -147,3 +147,29 @@ def test_first_snapshot_is_assumed_to_cost_a_fixed_floor_until_one_is_measured(t
     assert tracker.predicted_cost_s() == pytest.approx(
         tracker.estimated_blocks() * tracker._inline_s_per_block, rel=0.01)
     assert tracker.predicted_cost_s() != allocations._FIRST_SNAPSHOT_MIN_S
+
+
+def test_growth_is_reported_when_snapshots_switch_between_fork_and_inline(tracing):
+    tracker = SiteTracker(top_n=5, mode="fork", rss_bytes=_rss)
+    kept = []
+    tracker.take()
+    assert isinstance(tracker._previous, bytes), "the app keeps the grouping as bytes, not as objects"
+    tracker.mode = "inline"
+    kept.extend(bytearray(500) for _ in range(2000)); line = sys._getframe().f_lineno  # noqa: E702
+    row = _kept_row(tracker.take(), line)
+    assert row[4] >= 1_000_000 and row[5] >= 2000
+    tracker.mode = "fork"
+    kept.extend(bytearray(500) for _ in range(1000)); line2 = sys._getframe().f_lineno  # noqa: E702
+    record = tracker.take()
+    assert record["mode"] == "fork"
+    assert _kept_row(record, line2)[5] >= 1000
+    del kept
+
+
+def test_the_snapshot_child_runs_at_a_lower_priority_than_the_app(tracing, monkeypatch):
+    def niceness(deep_traces, top_n, previous):
+        return {"sites": [], "niceness": os.nice(0)}, b"", 0.0, 1
+
+    monkeypatch.setattr(allocations, "_snapshot", niceness)
+    record = SiteTracker(mode="fork").take()
+    assert record["mode"] == "fork" and record["niceness"] >= min(19, os.nice(0) + 1)
