@@ -76,6 +76,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered))) - 1))]
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile)."""
+    return percentile(values, 25), median(values), percentile(values, 75)
+
+
 def ratio(value: float, base: float) -> float | None:
     return round(value / base, 3) if base else None
 

@@ -211,13 +211,9 @@ def _paired(runs: list[dict[str, Any]], bare_runs: list[dict[str, Any]]) -> dict
     if len(rps) < 2:
         return {}
     return {
-        "rps_ratio_paired": [round(v, 3) for v in _quartiles(rps)],
-        "cpu_extra_us_paired": [round(v, 1) for v in _quartiles(cpu)],
+        "rps_ratio_paired": [round(v, 3) for v in common.quartiles(rps)],
+        "cpu_extra_us_paired": [round(v, 1) for v in common.quartiles(cpu)],
     }
-
-
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    return common.percentile(values, 25), common.median(values), common.percentile(values, 75)
 
 
 def render_paired(summary: dict[str, dict[str, Any]]) -> str:

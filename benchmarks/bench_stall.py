@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +46,9 @@ except ImportError:  # run as a script, or as the server's factory module from b
     import apps  # type: ignore[no-redef]
 
 LEVELS = ("bare", "basic", "mid", "deep", "auto")
+#: the p99 budget's paired rounds: auto-idle is auto with no growth, so tracemalloc stays off
+P99_CONFIGS = ("bare", "basic", "auto-idle")
+P99_BLOCKS = 100_000
 BLOCK_COUNTS = (10_000, 100_000, 1_000_000)
 _FRAMES = {"mid": 1, "deep": 5, "auto": 1}
 _PERIOD_S = 0.001
@@ -96,6 +100,7 @@ class Ticker:
 def stall_app() -> Any:
     """uvicorn factory run inside the server: live blocks first, then the app, then the ticker."""
     config = os.environ.get("BENCH_CONFIG", "bare")
+    level = "auto" if config == "auto-idle" else config
     blocks = int(os.environ.get("BENCH_LIVE_BLOCKS", "0"))
     if config in _FRAMES:
         tracemalloc.start(_FRAMES[config])  # so the blocks below are traced
@@ -114,7 +119,7 @@ def stall_app() -> Any:
     kw: dict[str, Any] = dict(_PROFILER_KW)
     if config == "auto":
         kw.update(leak_threshold_mb=1, auto_window_seconds=3600)
-    app = apps.make_app(config, log_dir=os.environ.get("BENCH_LOG_DIR"), interval_seconds=0.5,
+    app = apps.make_app(level, log_dir=os.environ.get("BENCH_LOG_DIR"), interval_seconds=0.5,
                         lifespan=lifespan, **({} if config == "bare" else kw))
 
     @app.get("/_stall/start")
@@ -196,6 +201,38 @@ def _one(config: str, blocks: int, duration_s: int) -> dict[str, Any]:
     }
 
 
+def p99_rounds(rounds: int, duration_s: int) -> dict[str, Any]:
+    """The p99 budget on paired rounds: bare, basic and auto-idle, order reversed every other round.
+
+    One run's p99 moves by ±0.3 ms here (bare against itself), as much as the
+    effect being judged, so each round gives basic's and auto-idle's p99 minus
+    bare's in the same round, and the median over rounds is what counts.
+    """
+    p99: dict[str, list[float]] = {c: [] for c in P99_CONFIGS}
+    for i in range(rounds):
+        for config in (P99_CONFIGS if i % 2 == 0 else P99_CONFIGS[::-1]):
+            p99[config].append(_one(config, P99_BLOCKS, duration_s)["stall_p99_ms"])
+        print(f"  p99 round {i + 1}/{rounds} done", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {"rounds": rounds, "live_blocks": P99_BLOCKS, "p99_ms": p99, "summary": {}}
+    for config in P99_CONFIGS:
+        diffs = [a - b for a, b in zip(p99[config], p99["bare"])]
+        out["summary"][config] = {
+            "median_p99_ms": round(statistics.median(p99[config]), 3),
+            "median_diff_to_bare_ms": round(statistics.median(diffs), 3),
+            "diff_quartiles_ms": [round(q, 3) for q in common.quartiles(diffs)[::2]],
+        }
+    return out
+
+
+def render_p99(result: dict[str, Any]) -> str:
+    rows = [[config, f"{v['median_p99_ms']:.2f}", "" if config == "bare" else f"{v['median_diff_to_bare_ms']:+.2f}",
+             "" if config == "bare" else "{:+.2f} .. {:+.2f}".format(*v["diff_quartiles_ms"]),
+             " ".join(f"{x:.2f}" for x in result["p99_ms"][config])]
+            for config, v in result["summary"].items()]
+    return common.table(["config", "p99 ms (median of rounds)", "p99 − bare's, same round (median)",
+                         "quartiles", "each round"], rows)
+
+
 def render(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
@@ -218,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, help="wrk seconds per run (default 6, quick 3)")
     parser.add_argument("--blocks", help="comma-separated live block counts (default 10000,100000,1000000)")
     parser.add_argument("--configs", default=",".join(LEVELS), help="comma-separated levels")
+    parser.add_argument("--p99-rounds", type=int, help="paired bare/basic/auto-idle rounds for the p99 budget "
+                        "(default 5, quick 1; 0 skips them)")
     parser.add_argument("--no-seed", action="store_true", help="accepted for run_all; the seed is not run here")
     args = parser.parse_args(argv)
     if common.wrk_path() is None:
@@ -226,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(b) for b in args.blocks.split(",")] if args.blocks else (
         [100_000] if args.quick else list(BLOCK_COUNTS))
     configs = [c for c in args.configs.split(",") if c]
-    bad = [c for c in configs if c not in LEVELS]
+    bad = [c for c in configs if c not in LEVELS + P99_CONFIGS]
     if bad:
         parser.error(f"unknown level(s) {bad}; choose from {', '.join(LEVELS)}")
     duration = args.duration or (3 if args.quick else 6)
@@ -236,12 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         for config in configs:
             runs.append(_one(config, blocks, duration))
             print(f"  {config} {blocks:,} blocks done ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+    rounds = args.p99_rounds if args.p99_rounds is not None else (1 if args.quick else 5)
+    paired = p99_rounds(rounds, duration) if rounds > 0 else None
     path = common.write_result("stall", {
         "duration_s": duration, "quick": args.quick, "ticker_period_s": _PERIOD_S, "connections": _CONNECTIONS,
-        "profiler_kw": {"interval_seconds": 0.5, **_PROFILER_KW}, "runs": runs,
+        "profiler_kw": {"interval_seconds": 0.5, **_PROFILER_KW}, "runs": runs, "p99_rounds": paired,
         "elapsed_s": round(time.monotonic() - t0, 1),
     })
     print(render(runs))
+    if paired:
+        print("\n" + render_p99(paired))
     print(f"\nwrote {path} in {time.monotonic() - t0:.0f} s")
     return 0
 

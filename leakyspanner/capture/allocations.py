@@ -33,6 +33,7 @@ import warnings
 from typing import Any
 
 from ..schema import SITE_FIELDS
+from .niceness import BACKGROUND_NICENESS
 
 __all__ = ["SNAPSHOT_MODES", "SiteTracker"]
 
@@ -56,8 +57,6 @@ _TM_BYTES_PER_BLOCK = 48          # tracemalloc's own memory per live block, to 
 # fixed costs (fork, the child's start and exit) that a per-block guess misses.
 _FIRST_SNAPSHOT_MIN_S = 0.1
 _CHILD_TIMEOUT_S = 30.0
-#: niceness of the snapshot child: about a tenth of a busy core against the app's threads
-_CHILD_NICE = 10
 _MAX_FORK_FAILURES = 2
 
 # Python >= 3.12 warns on fork() in a threaded process. The child here runs
@@ -163,7 +162,7 @@ def _child_main(write_fd: int, deep_traces: int, top_n: int, previous: bytes | N
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:  # a background helper: on a shared core the app's threads go first
-            os.nice(_CHILD_NICE)
+            os.nice(BACKGROUND_NICENESS)
         except OSError:
             pass
         record, grouping, take_s, blocks = _snapshot(deep_traces, top_n, previous)

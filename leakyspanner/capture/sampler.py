@@ -11,6 +11,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import niceness
 from .allocations import SiteTracker
 from .procmem import cgroup_memory_bytes
 from .writer import OBJECT, SAMPLE
@@ -95,6 +96,7 @@ class Sampler:
             self._guarded(self._snapshot)  # the closing picture of the session
 
     def _run(self) -> None:
+        niceness.lower_this_thread()  # the event loop goes first on a shared core
         while not self._stopped.wait(self._interval_s):
             self._guarded(self.tick)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from ..schema import REQUEST_TAG
-from . import humanlog
+from . import humanlog, niceness
 from .routes import METHODS, RouteNamer
 
 __all__ = ["RecordWriter", "REQUEST", "SAMPLE", "OBJECT"]
@@ -98,6 +98,7 @@ class RecordWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        niceness.lower_this_thread()  # the event loop goes first on a shared core
         while not self._stopped.wait(self._flush_s):
             self.drain()
 
