@@ -3,6 +3,8 @@
 ``make_app(config)`` returns a FastAPI app; the profiler handle (or None) is on
 ``app.state.profiler`` and the log directory on ``app.state.log_dir``. Configs:
 
+* ``tm1``, ``tm5``: the bare app with tracemalloc started at 1 or 5 frames and
+  nothing else: what mid and deep cannot go below;
 * ``bare``: no middleware; ``empty``: an empty pure-ASGI middleware (the floor
   any middleware pays);
 * ``basic``, ``mid``, ``deep``, ``auto``: this checkout's leakyspanner at that
@@ -45,7 +47,10 @@ _VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "basic-rss-all": ("basic", {"request_rss_interval_seconds": 0}),
 }
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
-CONFIGS = ("bare", "empty", *LEVEL_CONFIGS, *SEED_CONFIGS)
+#: the bare app under tracemalloc alone (1 and 5 frames): the floor under mid and deep, so
+#: the ceiling on any profiler's ratio to the seed at those levels
+TRACEMALLOC_CONFIGS = {"tm1": 1, "tm5": 5}
+CONFIGS = ("bare", "empty", *TRACEMALLOC_CONFIGS, *LEVEL_CONFIGS, *SEED_CONFIGS)
 
 #: endpoint kind -> (method, path)
 ENDPOINTS = {
@@ -130,6 +135,10 @@ def make_app(
     app.state.log_dir = None
     if config == "empty":
         app.add_middleware(EmptyMiddleware)
+    elif config in TRACEMALLOC_CONFIGS:
+        import tracemalloc
+
+        tracemalloc.start(TRACEMALLOC_CONFIGS[config])  # this server process only
     elif config != "bare":
         level, extra = _VARIANTS.get(config, (config.removeprefix("seed-"), {}))
         profiler_kw = {**extra, **profiler_kw}

@@ -43,7 +43,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import _common as common  # type: ignore[no-redef]
     import apps  # type: ignore[no-redef]
 
-OUR_CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "deep10")
+OUR_CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "deep10", "tm1", "tm5")
 EXTRA_CONFIGS = ("basic-rss-all",)  # only when named with --configs (the overhead run does)
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
 QUICK_CONFIGS = ("bare", "basic", "mid", "auto", "seed-basic", "seed-mid")
@@ -177,7 +177,7 @@ def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]], duration_s: i
         for kind, m in kinds.items():
             paired = _paired(samples[config][kind], samples.get("bare", {}).get(kind, []))
             bare = med.get("bare", {}).get(kind)
-            level = "deep" if config == "deep10" else config
+            level = {"deep10": "deep", "tm1": "mid", "tm5": "deep"}.get(config, config)
             seed = med.get(f"seed-{level}", {}).get(kind)
             seed_below = below.get(f"seed-{level}", {}).get(kind)
             errors = sum(r["non_2xx"] + r["socket_errors"] for r in samples[config][kind])

@@ -189,12 +189,15 @@ def _child(scenario: str, requests: int, distinct: int, traced: int) -> dict[str
         routes = writer._routes  # type: ignore[union-attr]
         stats = profiler.stats()
         parts = {"route_cache": routes._cache, "route_keep": routes._keep, "endpoints": writer._endpoints,  # type: ignore[union-attr]
-                 "interval": writer._interval, "json_str": writer._json_str, "buffer": profiler._buffer}  # type: ignore[union-attr]
+                 "interval": writer._interval, "json_str": writer._json_str, "buffer": profiler._buffer,  # type: ignore[union-attr]
+                 "targets": profiler._targets, "resolved": writer._resolved,  # type: ignore[union-attr]
+                 "resolved_static": writer._resolved_static}  # type: ignore[union-attr]
         out["state_bytes"] = {name: _state_bytes(obj) for name, obj in parts.items()}
         out["state_bytes"]["total"] = sum(out["state_bytes"].values())
         out["state"] = {
             "route_cache_entries": len(routes._cache), "route_keep_entries": len(routes._keep),
             "endpoint_aggregates": len(writer._endpoints), "json_str_cache": len(writer._json_str),  # type: ignore[union-attr]
+            "target_entries": len(profiler._targets), "resolved_entries": len(writer._resolved),  # type: ignore[union-attr]
             "buffered": stats["buffered"], "requests_total": stats["requests_total"],
             "requests_dropped": stats["requests_dropped"], "internal_errors": stats["internal_errors"],
         }

@@ -149,8 +149,17 @@ def budgets(results: dict[str, Any]) -> list[list[str]]:
             r = v.get("rps_ratio_to_seed")
             ratios[k] = None if r is None else (f">= {r}" if v.get("rps_ratio_to_seed_is_lower_bound") else r)
         ok = all(r is not None and float(str(r).lstrip(">= ")) >= 5 for r in ratios.values())
+        floor = {"mid": "tm1", "deep": "tm5"}[level]
+        ceiling = ""
+        if e2e.get(floor):
+            ceiling = (f"; the ceiling, tracemalloc alone at {'1 frame' if level == 'mid' else '5 frames'} "
+                       f"({floor}) × seed: " + ", ".join(
+                           f"{k} {e2e[floor][k].get('rps_ratio_to_seed')}" for k in KINDS if k in e2e[floor])
+                       + f"; {level} × {floor}: " + ", ".join(
+                           f"{k} {common.ratio(e2e[level][k]['rps'], e2e[floor][k]['rps'])}"
+                           for k in KINDS if k in e2e[floor] and k in e2e[level]))
         rows.append([f"{level} >= 5x the seed's throughput at {level}, every endpoint kind", _verdict(ok),
-                     "req/s × seed: " + ", ".join(f"{k} {v}" for k, v in ratios.items())])
+                     "req/s × seed: " + ", ".join(f"{k} {v}" for k, v in ratios.items()) + ceiling])
 
     if e2e.get("deep10") and e2e.get("seed-deep"):
         rows.append(["(context) deep with traceback_frames=10, the seed's depth", "",

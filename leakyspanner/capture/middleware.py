@@ -102,10 +102,17 @@ class _Exchange:
             buffer = p._buffer
             if len(buffer) < p._buffer_cap:
                 scope = self.scope
+                route = scope.get("route")
+                target = route if route is not None else scope.get("endpoint")
+                # the record names its route by id: a tuple of atomic values is untracked by the
+                # first young collection, so records waiting for the writer never get promoted
+                # to the old generations (a tuple holding the route would, and pay for full collections)
+                key = id(target)
+                if key not in p._targets:
+                    p._register_target(key, route, scope.get("endpoint"))
                 buffer.append((
-                    REQUEST, self.t0, t1, self.method, scope.get("route"), scope.get("endpoint"),
-                    scope.get("root_path", ""), self.root_before, self.status, self.rss0, rss1,
-                    tr0, tr1, self.in0, in1,
+                    REQUEST, self.t0, t1, self.method, key, scope.get("root_path", ""), self.root_before,
+                    self.status, self.rss0, rss1, tr0, tr1, self.in0, in1,
                 ))
             else:
                 p.requests_dropped += 1

@@ -38,6 +38,7 @@ __all__ = ["Profiler", "leakyspanner"]
 
 logger = logging.getLogger("leakyspanner")
 _MB = 1024 * 1024
+_MAX_TARGETS = 4096  # distinct route/endpoint objects named in request records
 #: tracemalloc frames per traceback by level. deep keeps 5: enough to climb from a
 #: library's allocation to the caller in the app, at about half the per-allocation
 #: cost of the seed's 10 (``traceback_frames=10`` buys that depth back).
@@ -128,6 +129,9 @@ class Profiler:
         self._loop: Any = None
         self._inflight = 0
         self._buffer: deque[tuple[Any, ...]] = deque()
+        #: id -> (route, endpoint) for the ids request records carry; holding the objects
+        #: keeps their ids from being reused. Bounded: past the cap a route is named OTHER_ROUTE.
+        self._targets: dict[int, tuple[Any, Any]] = {}
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
         # RSS sampling (see middleware): target measured requests per second, current probability, window
@@ -204,7 +208,7 @@ class Profiler:
         self.requests_dropped = 0
         self._inflight = 0
         self._writer = RecordWriter(
-            self._buffer, jsonl, log, RouteNamer(self.app),
+            self._buffer, jsonl, log, RouteNamer(self.app), self._targets,
             perf_to_wall=time.time() - time.perf_counter(),
             on_error=self._internal_error, dropped=lambda: self.requests_dropped,
         )
@@ -280,6 +284,10 @@ class Profiler:
         self._files = []
 
     # -- called by middleware and sampler --------------------------------
+    def _register_target(self, key: int, route: Any, endpoint: Any) -> None:
+        if len(self._targets) < _MAX_TARGETS:
+            self._targets[key] = (route, endpoint)
+
     def _first_request(self, loop: Any) -> None:
         """Slow path taken once per process: learn the loop, restart after a fork."""
         if self._pid != os.getpid():

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from ..schema import REQUEST_TAG
+from ..schema import OTHER_ROUTE, REQUEST_TAG
 from . import humanlog, niceness
 from .routes import METHODS, RouteNamer
 
@@ -27,7 +27,9 @@ __all__ = ["RecordWriter", "REQUEST", "SAMPLE", "OBJECT"]
 
 logger = logging.getLogger("leakyspanner")
 
-REQUEST = 0  # (REQUEST, t0, t1, method, route, endpoint, root_after, root_before, status, rss0, rss1, tr0, tr1, in0, in1)
+#: (REQUEST, t0, t1, method, target id, root_after, root_before, status, rss0, rss1, tr0, tr1, in0, in1);
+#: the id is a key of the profiler's targets dict, which holds (route, endpoint)
+REQUEST = 0
 SAMPLE = 1   # (SAMPLE, record_dict)
 OBJECT = 2   # (OBJECT, record_dict): snapshot, alert, event
 
@@ -61,6 +63,7 @@ class RecordWriter:
         jsonl: IO[str],
         log: IO[str],
         routes: RouteNamer,
+        targets: dict[int, tuple[Any, Any]],
         perf_to_wall: float,
         on_error: Callable[[str, BaseException], None],
         dropped: Callable[[], int],
@@ -70,6 +73,7 @@ class RecordWriter:
         self._jsonl = jsonl
         self._log = log
         self._routes = routes
+        self._targets = targets
         self._offset = perf_to_wall
         self._on_error = on_error
         self._dropped = dropped
@@ -79,10 +83,9 @@ class RecordWriter:
         self._draining = threading.Lock()
         self._json_str: dict[str, str] = {}
         self._resolved: dict[tuple[Any, ...], tuple[tuple[str, str], str]] = {}
-        #: id of a route or endpoint -> method -> hit: no key tuple per record
+        #: target id -> method -> hit: no key tuple per record
         self._resolved_static: dict[int, dict[str, tuple[tuple[str, str], str]]] = {}
         self._n_static = 0
-        self._keep: list[object] = []
         self._interval: dict[tuple[str, str], list[Any]] = {}
         self._interval_start: float | None = None
         self._endpoints: dict[tuple[str, str], list[Any]] = {}
@@ -164,26 +167,29 @@ class RecordWriter:
     def _resolve(self, method: str, route: Any, endpoint: Any, root_after: str, root_before: str
                  ) -> tuple[tuple[str, str], str]:
         """(method, template) and its JSON text, for one route as the scope named it."""
+        return self._resolve_named(method, self._routes.name(route, endpoint, root_after or "", root_before or ""))
+
+    def _resolve_named(self, method: str, template: str) -> tuple[tuple[str, str], str]:
         if method not in METHODS:
             method = "OTHER"
-        template = self._routes.name(route, endpoint, root_after or "", root_before or "")
         return (method, template), f"{self._jstr(method)},{self._jstr(template)}"
 
-    def _slow_hit(self, method: str, route: Any, endpoint: Any, root_after: str, root_before: str,
-                  target: Any) -> tuple[tuple[str, str], str]:
+    def _slow_hit(self, method: str, key: int, root_after: str, root_before: str) -> tuple[tuple[str, str], str]:
         """Resolve a route the fast cache does not hold, caching it where that stays bounded."""
-        cache_key = (method, id(target), root_after, root_before)
+        target = self._targets.get(key)
+        if target is None:  # past the registry's cap: named, not guessed
+            return self._resolve_named(method, OTHER_ROUTE)
+        route, endpoint = target
+        cache_key = (method, key, root_after, root_before)
         hit = self._resolved.get(cache_key)
         if hit is None:
             hit = self._resolve(method, route, endpoint, root_after, root_before)
             if self._routes.is_static(route, endpoint):
                 if self._n_static < 4096:
-                    self._resolved_static.setdefault(id(target), {})[method] = hit
+                    self._resolved_static.setdefault(key, {})[method] = hit
                     self._n_static += 1
-                    self._keep.append(target)  # keeps the id from being reused
             elif len(self._resolved) < 4096:  # raw root paths are unbounded: stop caching, stay correct
                 self._resolved[cache_key] = hit
-                self._keep.append(target)  # keeps the id from being reused
         return hit
 
     def _other(self, item: tuple[Any, ...], out: list[str], log: list[str]) -> None:
@@ -212,7 +218,7 @@ class RecordWriter:
         try:
             for item in items:
                 try:
-                    (_, t0, t1, method, route, endpoint, root_after, root_before, status,
+                    (_, t0, t1, method, key, root_after, root_before, status,
                      rss0, rss1, tr0, tr1, in0, in1) = item
                 except ValueError:  # a sample or object: write the requests before it first
                     if done:
@@ -222,11 +228,10 @@ class RecordWriter:
                     self._other(item, out, log)
                     interval = self._interval  # a sample closed the interval: a new dict
                     continue
-                target = route if route is not None else endpoint
-                by_method = static_get(id(target))
+                by_method = static_get(key)
                 hit = by_method.get(method) if by_method is not None else None
                 if hit is None:
-                    hit = self._slow_hit(method, route, endpoint, root_after, root_before, target)
+                    hit = self._slow_hit(method, key, root_after, root_before)
                 key, names = hit
                 duration = t1 - t0
                 agg = interval.get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import mmap
 import time
 
@@ -16,7 +17,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from leakyspanner import LeakyspannerMiddleware, Profiler, leakyspanner
-from leakyspanner.schema import UNMATCHED_ROUTE
+from leakyspanner.capture import profiler as profiler_module
+from leakyspanner.schema import OTHER_ROUTE, UNMATCHED_ROUTE
 
 
 def _client(app) -> httpx.AsyncClient:
@@ -321,3 +323,33 @@ def test_many_mount_parameter_values_share_one_template_and_cache_entry(tmp_path
     routes = {r["route"] for r in read_jsonl(profiler.jsonl_file)["request"]}
     assert routes == {"/tenants/{tenant}/page"}
     assert len(profiler._writer._resolved) == 0 and len(profiler._writer._resolved_static) == 1
+
+
+def test_records_waiting_for_the_writer_are_untracked_by_a_young_collection(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        profiler._writer._flush_s = 3600  # the record stays in the buffer while we look
+        asyncio.run(_exchange(app, [("GET", "/items/7")]))
+        records = [r for r in profiler._buffer if r[0] == 0]
+        assert records, "the request is still buffered"
+        gc.collect(0)
+        # untracked: it never reaches the old generations, so buffering adds no full collections
+        assert not any(gc.is_tracked(r) for r in records)
+    finally:
+        profiler.stop()
+    assert read_jsonl(profiler.jsonl_file)["request"][0]["route"] == "/items/{item_id}"
+
+
+def test_route_objects_past_the_registry_cap_are_named_other(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiler_module, "_MAX_TARGETS", 2)
+    app = FastAPI()
+    for name in ("a", "b", "c"):
+        app.add_api_route(f"/{name}", lambda: {}, methods=["GET"])
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        asyncio.run(_exchange(app, [("GET", "/a"), ("GET", "/b"), ("GET", "/c"), ("GET", "/a")]))
+    finally:
+        profiler.stop()
+    routes = [r["route"] for r in read_jsonl(profiler.jsonl_file)["request"]]
+    assert routes == ["/a", "/b", OTHER_ROUTE, "/a"] and len(profiler._targets) == 2

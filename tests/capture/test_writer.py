@@ -12,7 +12,7 @@ import pytest
 from leakyspanner.capture import writer as writer_module
 from leakyspanner.capture.routes import RouteNamer
 from leakyspanner.capture.writer import REQUEST, SAMPLE, RecordWriter
-from leakyspanner.schema import REQUEST_FIELDS
+from leakyspanner.schema import OTHER_ROUTE, REQUEST_FIELDS
 
 
 class _Route:
@@ -26,9 +26,12 @@ class _App:
 ROUTE = _App.routes[0]
 
 
+TARGETS = {id(ROUTE): (ROUTE, None)}
+
+
 def _request(t0: float, status: int = 200, rss: tuple[int, int] | None = None, method: str = "GET") -> tuple:
     rss0, rss1 = rss if rss is not None else (None, None)
-    return (REQUEST, t0, t0 + 0.25, method, ROUTE, None, "", "", status, rss0, rss1, None, None, 1, 1)
+    return (REQUEST, t0, t0 + 0.25, method, id(ROUTE), "", "", status, rss0, rss1, None, None, 1, 1)
 
 
 def _sample(seq: int, ts: float) -> tuple:
@@ -42,7 +45,7 @@ def _writer(buffer: deque, errors: list | None = None) -> tuple[RecordWriter, io
     buffer.clear()
     jsonl = io.StringIO()
     on_error = (lambda where, exc: errors.append((where, exc))) if errors is not None else (lambda *a: None)
-    w = RecordWriter(buffer, jsonl, io.StringIO(), RouteNamer(_App()), perf_to_wall=1000.0,
+    w = RecordWriter(buffer, jsonl, io.StringIO(), RouteNamer(_App()), TARGETS, perf_to_wall=1000.0,
                      on_error=on_error, dropped=lambda: 0)
     w.start(1000.0)
     w.stop()
@@ -84,7 +87,7 @@ def test_a_sample_inside_a_chunk_closes_the_interval_between_the_requests_around
 
 
 def test_one_malformed_request_record_is_counted_and_the_rest_are_written():
-    bad = (REQUEST, 3.0, 3.5, "GET", ROUTE, None, "", "", None, None, None, None, None, 1, 1)  # status None
+    bad = (REQUEST, 3.0, 3.5, "GET", id(ROUTE), "", "", None, None, None, None, None, 1, 1)  # status None
     buffer: deque = deque([_request(1.0), _request(2.0), bad, _request(4.0), _request(5.0)])
     errors: list = []
     w, jsonl = _writer(buffer, errors)
@@ -136,3 +139,10 @@ def test_a_second_drain_waits_for_the_first_instead_of_losing_records():
     first.join(10)
     second.join(10)
     assert len(_lines(jsonl)) == writer_module._CHUNK * 3 and w.requests_total == writer_module._CHUNK * 3
+
+
+def test_a_route_id_past_the_registry_cap_is_named_other_not_guessed():
+    buffer: deque = deque([(REQUEST, 1.0, 1.5, "GET", 12345, "", "", 200, None, None, None, None, 1, 1)])
+    w, jsonl = _writer(buffer)
+    w.drain()
+    assert dict(zip(REQUEST_FIELDS, _lines(jsonl)[0][1:]))["route"] == OTHER_ROUTE
