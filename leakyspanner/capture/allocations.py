@@ -33,7 +33,6 @@ import warnings
 from typing import Any
 
 from ..schema import SITE_FIELDS
-from .niceness import BACKGROUND_NICENESS
 
 __all__ = ["SNAPSHOT_MODES", "SiteTracker"]
 
@@ -58,6 +57,9 @@ _TM_BYTES_PER_BLOCK = 48          # tracemalloc's own memory per live block, to 
 _FIRST_SNAPSHOT_MIN_S = 0.1
 _CHILD_TIMEOUT_S = 30.0
 _MAX_FORK_FAILURES = 2
+#: when forking fails, an inline snapshot is taken instead only if it is predicted to hold the
+#: app's GIL no longer than this (the stall budget); a bigger heap skips the snapshot
+_MAX_FALLBACK_STALL_S = 0.05
 
 # Python >= 3.12 warns on fork() in a threaded process. The child here runs
 # only this module's code and exits with os._exit, so the warning is noise.
@@ -161,10 +163,9 @@ def _child_main(write_fd: int, deep_traces: int, top_n: int, previous: bytes | N
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:  # a background helper: on a shared core the app's threads go first
-            os.nice(BACKGROUND_NICENESS)
-        except OSError:
-            pass
+        # Not niced: at +10 a child sharing a saturated core with the app took 24 s of
+        # wall time for 0.5 s of work at 1M blocks (the sampler waits for it, and a
+        # 30 s timeout sends the snapshot inline); the app's stall was no lower.
         record, grouping, take_s, blocks = _snapshot(deep_traces, top_n, previous)
         # this child's CPU time is all of its work
         head = marshal.dumps((record, take_s, blocks, time.process_time()))
@@ -275,10 +276,27 @@ class SiteTracker:
         stall_s += time.thread_time() - c1
         return record, grouping, take_s, blocks, stall_s, stall_s + child_cpu_s
 
-    def take(self) -> dict[str, Any]:
-        """Take one snapshot and return a schema ``snapshot`` record (minus kind/ts)."""
+    def _inline_would_stall(self) -> float | None:
+        """The predicted stall of an inline snapshot when it is too long to take instead of a fork."""
+        if self.mode == "inline":  # asked for: the user chose that price
+            return None
+        predicted = self.estimated_blocks() * self._inline_s_per_block
+        return predicted if predicted > _MAX_FALLBACK_STALL_S else None
+
+    def take(self) -> dict[str, Any] | None:
+        """Take one snapshot and return a schema ``snapshot`` record (minus kind/ts).
+
+        None when forking failed and an inline snapshot would hold the app's
+        GIL longer than ``_MAX_FALLBACK_STALL_S``: ``last_error`` says why.
+        """
         mode = self._choose()
         result = None
+        if mode == "inline" and self._fork_failures >= _MAX_FORK_FAILURES:
+            stall = self._inline_would_stall()
+            if stall is not None:
+                self.last_error = (f"forking failed {self._fork_failures} times; skipped, an inline snapshot "
+                                   f"would hold the app for about {stall * 1e3:.0f} ms")
+                return None
         if mode == "fork":
             try:
                 result = self._take_forked()
@@ -286,6 +304,12 @@ class SiteTracker:
             except Exception as exc:
                 self._fork_failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                stall = self._inline_would_stall()
+                if stall is not None:
+                    self.last_error += (f"; skipped, an inline snapshot would hold the app for about "
+                                        f"{stall * 1e3:.0f} ms")
+                    return None
+                self.last_error += "; this snapshot was taken inline"
                 mode = "inline"
         if result is None:
             c0 = time.thread_time()

@@ -1,7 +1,6 @@
-"""Background work yields the core to the app: a lower priority for our threads and child.
+"""Background work yields the core to the app: a lower priority for our threads.
 
-The writer and sampler threads and the snapshot child need about 1% of a core
-between them. Where they share a core with the event loop (one vCPU, a pinned
+The writer and sampler threads need about 1% of a core between them. Where they share a core with the event loop (one vCPU, a pinned
 worker, a CPU quota) every slice they take is a slice the loop waits for. A
 higher niceness (Linux sets it per thread) makes the scheduler run the app's
 threads first; at +10 ours still get about a tenth of a contended core.

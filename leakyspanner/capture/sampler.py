@@ -186,11 +186,16 @@ class Sampler:
     def _snapshot(self) -> None:
         if not tracemalloc.is_tracing():
             return
-        record = self.sites.take()
+        taken = self.sites.take()
         now = self._clock()
         if self.sites.last_error is not None:
-            self._p._event("snapshot_fork_failed", f"{self.sites.last_error}; this snapshot was taken inline")
-        record = {"kind": "snapshot", "ts": round(now, 4), **record}
+            self._p._event("snapshot_fork_failed", self.sites.last_error)
+        if taken is None:  # skipped: try again once the budget pays for the predicted cost
+            self._budget_since = now
+            self._next_snapshot_at = now + max(self._snapshot_interval_s,
+                                               self.sites.predicted_cost_s() / self._snapshot_budget)
+            return
+        record = {"kind": "snapshot", "ts": round(now, 4), **taken}
         self._p._buffer.append((OBJECT, record))
         cost = record["cost_s"]
         self._budget_since = now

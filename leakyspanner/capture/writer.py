@@ -42,6 +42,8 @@ _CHUNK = 16  # records per GIL hold while draining (~20 µs)
 #: first. 0.3 µs here, where ``time.sleep(0)`` costs 30 µs of CPU (a timer syscall in a VM).
 _yield: Callable[[], None] = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 _ENDPOINT_LINE_BYTES = _MB  # the human log lists requests whose |delta| exceeds 1 MB
+#: routes whose template depends on the raw root path, cached (~400 B each with their keys)
+_MAX_RESOLVED = 512
 
 
 @functools.lru_cache(maxsize=_CHUNK + 1)
@@ -174,21 +176,28 @@ class RecordWriter:
             method = "OTHER"
         return (method, template), f"{self._jstr(method)},{self._jstr(template)}"
 
-    def _slow_hit(self, method: str, key: int, root_after: str, root_before: str) -> tuple[tuple[str, str], str]:
+    def _slow_hit(self, method: str, target_id: int, root_after: str, root_before: str
+                  ) -> tuple[tuple[str, str], str]:
         """Resolve a route the fast cache does not hold, caching it where that stays bounded."""
-        target = self._targets.get(key)
+        if method not in METHODS:  # the raw method is the client's to choose: cache only its bucket
+            method = "OTHER"
+            by_method = self._resolved_static.get(target_id)
+            hit = by_method.get(method) if by_method is not None else None
+            if hit is not None:
+                return hit
+        target = self._targets.get(target_id)
         if target is None:  # past the registry's cap: named, not guessed
             return self._resolve_named(method, OTHER_ROUTE)
         route, endpoint = target
-        cache_key = (method, key, root_after, root_before)
+        cache_key = (method, target_id, root_after, root_before)
         hit = self._resolved.get(cache_key)
         if hit is None:
             hit = self._resolve(method, route, endpoint, root_after, root_before)
             if self._routes.is_static(route, endpoint):
                 if self._n_static < 4096:
-                    self._resolved_static.setdefault(key, {})[method] = hit
+                    self._resolved_static.setdefault(target_id, {})[method] = hit
                     self._n_static += 1
-            elif len(self._resolved) < 4096:  # raw root paths are unbounded: stop caching, stay correct
+            elif len(self._resolved) < _MAX_RESOLVED:  # raw root paths are unbounded: stop caching, stay correct
                 self._resolved[cache_key] = hit
         return hit
 
@@ -218,7 +227,7 @@ class RecordWriter:
         try:
             for item in items:
                 try:
-                    (_, t0, t1, method, key, root_after, root_before, status,
+                    (_, t0, t1, method, target_id, root_after, root_before, status,
                      rss0, rss1, tr0, tr1, in0, in1) = item
                 except ValueError:  # a sample or object: write the requests before it first
                     if done:
@@ -228,10 +237,10 @@ class RecordWriter:
                     self._other(item, out, log)
                     interval = self._interval  # a sample closed the interval: a new dict
                     continue
-                by_method = static_get(key)
+                by_method = static_get(target_id)
                 hit = by_method.get(method) if by_method is not None else None
                 if hit is None:
-                    hit = self._slow_hit(method, key, root_after, root_before)
+                    hit = self._slow_hit(method, target_id, root_after, root_before)
                 key, names = hit
                 duration = t1 - t0
                 agg = interval.get(key)

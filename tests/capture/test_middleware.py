@@ -190,6 +190,19 @@ def test_raw_paths_never_become_keys(tmp_path):
         ("GET", UNMATCHED_ROUTE), ("OTHER", "/items/{item_id}")}
 
 
+def test_client_chosen_methods_share_one_cache_entry_per_route(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    try:
+        asyncio.run(_exchange(app, [(f"BREW{i}", "/items/1") for i in range(300)] + [("GET", "/items/1")]))
+    finally:
+        profiler.stop()
+    assert {r["method"] for r in read_jsonl(profiler.jsonl_file)["request"]} == {"OTHER", "GET"}
+    writer = profiler._writer
+    assert len(writer._resolved) == 0
+    assert [sorted(by_method) for by_method in writer._resolved_static.values()] == [["GET", "OTHER"]]
+
+
 def test_mounted_apps_are_named_by_full_template(tmp_path):
     async def plain(request):
         return PlainTextResponse("plain")

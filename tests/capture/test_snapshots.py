@@ -106,6 +106,7 @@ def test_after_repeated_child_failures_snapshots_stop_forking(tracing, monkeypat
     monkeypatch.setattr(allocations, "_child_main", lambda *args: os._exit(3))
     pids = _watch_forks(monkeypatch)
     tracker = SiteTracker(mode="fork")
+    tracker._inline_s_per_block = 0.0  # a small heap: inline is an acceptable fallback
     records = [tracker.take() for _ in range(4)]
     assert [r["mode"] for r in records] == ["inline"] * 4
     assert "ChildProcessError" in (tracker.last_error or "")
@@ -127,6 +128,7 @@ def test_a_failed_fork_is_recorded_as_an_event_and_the_session_goes_on(tmp_path,
     profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="mid", interval_seconds=3600,
                             snapshot_mode="fork")
     kept = [bytearray(100) for _ in range(1000)]
+    profiler._sampler.sites._inline_s_per_block = 0.0  # a small heap: inline is an acceptable fallback
     profiler._sampler._snapshot()
     profiler.stop()
     records = read_jsonl(profiler.jsonl_file)
@@ -166,10 +168,24 @@ def test_growth_is_reported_when_snapshots_switch_between_fork_and_inline(tracin
     del kept
 
 
-def test_the_snapshot_child_runs_at_a_lower_priority_than_the_app(tracing, monkeypatch):
-    def niceness(deep_traces, top_n, previous):
-        return {"sites": [], "niceness": os.nice(0)}, b"", 0.0, 1
+def test_a_failed_fork_skips_the_snapshot_when_inline_would_stall_the_app_too_long(tracing, monkeypatch):
+    monkeypatch.setattr(allocations, "_child_main", lambda *args: os._exit(3))
+    pids = _watch_forks(monkeypatch)
+    tracker = SiteTracker(mode="fork")
+    tracker._inline_s_per_block = 1.0  # a huge heap: inline would hold the GIL for ages
+    assert [tracker.take() for _ in range(3)] == [None, None, None]
+    assert "skipped" in (tracker.last_error or "") and len(pids) == allocations._MAX_FORK_FAILURES
+    assert tracker._previous is None, "nothing half-taken is kept"
 
-    monkeypatch.setattr(allocations, "_snapshot", niceness)
-    record = SiteTracker(mode="fork").take()
-    assert record["mode"] == "fork" and record["niceness"] >= min(19, os.nice(0) + 1)
+
+def test_a_skipped_snapshot_is_an_event_and_the_session_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(allocations, "_child_main", lambda *args: os._exit(3))
+    profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="mid", interval_seconds=3600,
+                            snapshot_mode="fork")
+    profiler._sampler.sites._inline_s_per_block = 1.0
+    profiler._sampler._snapshot()
+    profiler.stop()
+    records = read_jsonl(profiler.jsonl_file)
+    failed = [e for e in records["event"] if e["event"] == "snapshot_fork_failed"]
+    assert failed and all("skipped" in e["detail"] for e in failed)
+    assert not records.get("snapshot") and records["summary"]
