@@ -210,6 +210,9 @@ def report(results: dict[str, Any]) -> str:
         "",
         "Load average when each benchmark ended (other work on the machine skews wall-clock numbers): "
         + ", ".join(f"{n} {r['environment'].get('loadavg_at_end')}" for n, r in results.items() if r) + ".",
+        "When each benchmark finished (a rerun of one benchmark after a fix shows here): " + ", ".join(
+            f"{n} {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['environment'].get('ts', 0)))}"
+            for n, r in results.items() if r) + ".",
         "How each number is measured: benchmarks/README.md. Raw data: benchmarks/results/*.json.",
         "",
         "## Budgets",
