@@ -12,7 +12,9 @@ marshalled bytes the child sent, never as objects, because building tens of
 thousands of site tuples in the app under tracemalloc (every allocation
 traced) held its GIL for 60-200 ms at 260k blocks. ``auto`` picks
 whichever is predicted to stall less, from the last measured costs; a child
-that fails or hangs is killed and the session falls back to ``inline``.
+that fails or hangs is killed, and that snapshot is taken inline only if
+that is predicted to hold the app no longer than ``_MAX_FALLBACK_STALL_S``
+(skipped otherwise); after two failures the session stops forking.
 
 ``Snapshot.filter_traces`` walks and copies every trace (about 30x the cost
 of taking the snapshot), so instead one pass groups the raw traces by their
@@ -276,12 +278,14 @@ class SiteTracker:
         stall_s += time.thread_time() - c1
         return record, grouping, take_s, blocks, stall_s, stall_s + child_cpu_s
 
-    def _inline_would_stall(self) -> float | None:
-        """The predicted stall of an inline snapshot when it is too long to take instead of a fork."""
+    def _skip_reason(self) -> str | None:
+        """Why a fallback inline snapshot is skipped: it would hold the app's GIL too long."""
         if self.mode == "inline":  # asked for: the user chose that price
             return None
         predicted = self.estimated_blocks() * self._inline_s_per_block
-        return predicted if predicted > _MAX_FALLBACK_STALL_S else None
+        if predicted <= _MAX_FALLBACK_STALL_S:
+            return None
+        return f"skipped, an inline snapshot would hold the app for about {predicted * 1e3:.0f} ms"
 
     def take(self) -> dict[str, Any] | None:
         """Take one snapshot and return a schema ``snapshot`` record (minus kind/ts).
@@ -292,10 +296,9 @@ class SiteTracker:
         mode = self._choose()
         result = None
         if mode == "inline" and self._fork_failures >= _MAX_FORK_FAILURES:
-            stall = self._inline_would_stall()
-            if stall is not None:
-                self.last_error = (f"forking failed {self._fork_failures} times; skipped, an inline snapshot "
-                                   f"would hold the app for about {stall * 1e3:.0f} ms")
+            skip = self._skip_reason()
+            if skip is not None:
+                self.last_error = f"forking failed {self._fork_failures} times; {skip}"
                 return None
         if mode == "fork":
             try:
@@ -303,13 +306,10 @@ class SiteTracker:
                 self.last_error = None
             except Exception as exc:
                 self._fork_failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                stall = self._inline_would_stall()
-                if stall is not None:
-                    self.last_error += (f"; skipped, an inline snapshot would hold the app for about "
-                                        f"{stall * 1e3:.0f} ms")
+                skip = self._skip_reason()
+                self.last_error = f"{type(exc).__name__}: {exc}; {skip or 'this snapshot was taken inline'}"
+                if skip is not None:
                     return None
-                self.last_error += "; this snapshot was taken inline"
                 mode = "inline"
         if result is None:
             c0 = time.thread_time()

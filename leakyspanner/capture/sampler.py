@@ -191,12 +191,9 @@ class Sampler:
         if self.sites.last_error is not None:
             self._p._event("snapshot_fork_failed", self.sites.last_error)
         if taken is None:  # skipped: try again once the budget pays for the predicted cost
-            self._budget_since = now
-            self._next_snapshot_at = now + max(self._snapshot_interval_s,
-                                               self.sites.predicted_cost_s() / self._snapshot_budget)
-            return
-        record = {"kind": "snapshot", "ts": round(now, 4), **taken}
-        self._p._buffer.append((OBJECT, record))
-        cost = record["cost_s"]
+            cost = self.sites.predicted_cost_s()
+        else:
+            self._p._buffer.append((OBJECT, {"kind": "snapshot", "ts": round(now, 4), **taken}))
+            cost = taken["cost_s"]
         self._budget_since = now
         self._next_snapshot_at = now + max(self._snapshot_interval_s, cost / self._snapshot_budget)

@@ -166,14 +166,8 @@ class RecordWriter:
                 self._json_str[s] = cached
         return cached
 
-    def _resolve(self, method: str, route: Any, endpoint: Any, root_after: str, root_before: str
-                 ) -> tuple[tuple[str, str], str]:
-        """(method, template) and its JSON text, for one route as the scope named it."""
-        return self._resolve_named(method, self._routes.name(route, endpoint, root_after or "", root_before or ""))
-
-    def _resolve_named(self, method: str, template: str) -> tuple[tuple[str, str], str]:
-        if method not in METHODS:
-            method = "OTHER"
+    def _hit(self, method: str, template: str) -> tuple[tuple[str, str], str]:
+        """(method, template) and its JSON text."""
         return (method, template), f"{self._jstr(method)},{self._jstr(template)}"
 
     def _slow_hit(self, method: str, target_id: int, root_after: str, root_before: str
@@ -187,12 +181,12 @@ class RecordWriter:
                 return hit
         target = self._targets.get(target_id)
         if target is None:  # past the registry's cap: named, not guessed
-            return self._resolve_named(method, OTHER_ROUTE)
+            return self._hit(method, OTHER_ROUTE)
         route, endpoint = target
         cache_key = (method, target_id, root_after, root_before)
         hit = self._resolved.get(cache_key)
         if hit is None:
-            hit = self._resolve(method, route, endpoint, root_after, root_before)
+            hit = self._hit(method, self._routes.name(route, endpoint, root_after or "", root_before or ""))
             if self._routes.is_static(route, endpoint):
                 if self._n_static < 4096:
                     self._resolved_static.setdefault(target_id, {})[method] = hit
