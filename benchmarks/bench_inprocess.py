@@ -73,8 +73,9 @@ async def _calibrate(window_s: float) -> dict[str, int]:
 
 
 async def _wait_written(profiler: Any, total: int, timeout_s: float = 30.0) -> None:
+    """Until every request is counted and the writer has taken every record (measured ones only)."""
     deadline = time.monotonic() + timeout_s
-    while profiler.stats()["requests_total"] < total:
+    while profiler.stats()["requests_total"] < total or profiler.stats()["buffered"]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"writer did not catch up: {profiler.stats()}")
         await asyncio.sleep(0.002)

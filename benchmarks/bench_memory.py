@@ -186,19 +186,19 @@ def _child(scenario: str, requests: int, distinct: int, traced: int) -> dict[str
     out["rss_growth_bytes"] = out["rss_after_bytes"] - out["rss_before_bytes"]
     if profiler:
         writer = profiler._writer
-        routes = writer._routes  # type: ignore[union-attr]
+        routes = profiler._routes
         stats = profiler.stats()
         parts = {"route_cache": routes._cache, "route_keep": routes._keep, "endpoints": writer._endpoints,  # type: ignore[union-attr]
-                 "interval": writer._interval, "json_str": writer._json_str, "buffer": profiler._buffer,  # type: ignore[union-attr]
-                 "targets": profiler._targets, "resolved": writer._resolved,  # type: ignore[union-attr]
-                 "resolved_static": writer._resolved_static}  # type: ignore[union-attr]
+                 "measured": writer._measured, "names": writer._names, "buffer": profiler._buffer,  # type: ignore[union-attr]
+                 "counters": profiler._counters, "counts": profiler._counts}
         out["state_bytes"] = {name: _state_bytes(obj) for name, obj in parts.items()}
         out["state_bytes"]["total"] = sum(out["state_bytes"].values())
         out["state"] = {
             "route_cache_entries": len(routes._cache), "route_keep_entries": len(routes._keep),
-            "endpoint_aggregates": len(writer._endpoints), "json_str_cache": len(writer._json_str),  # type: ignore[union-attr]
-            "target_entries": len(profiler._targets), "resolved_entries": len(writer._resolved),  # type: ignore[union-attr]
+            "endpoint_aggregates": len(writer._endpoints), "counters": len(profiler._counters),  # type: ignore[union-attr]
+            "fast_counters": profiler._n_fast,
             "buffered": stats["buffered"], "requests_total": stats["requests_total"],
+            "request_records": stats["request_records"],
             "requests_dropped": stats["requests_dropped"], "internal_errors": stats["internal_errors"],
         }
         out["routes_seen"] = sorted({f"{e['method']} {e['route']}" for e in writer.endpoint_summary()})  # type: ignore[union-attr]
@@ -210,7 +210,7 @@ def _child(scenario: str, requests: int, distinct: int, traced: int) -> dict[str
 
 async def _caught_up(profiler: Any, total: int) -> None:
     deadline = time.monotonic() + 120
-    while profiler.stats()["requests_total"] + profiler.stats()["requests_dropped"] < total:
+    while profiler.stats()["requests_total"] < total or profiler.stats()["buffered"]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"writer did not catch up: {profiler.stats()}")
         await asyncio.sleep(0.01)

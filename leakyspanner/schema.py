@@ -6,8 +6,9 @@ A session is two files with one stem, ``leakyspanner_YYYYMMDD_HHMMSS[_pPID]``:
   ``grep ENDPOINT`` / ``grep ALERT`` habits keep working.
 * ``.jsonl`` - one JSON value per line. The first line is the ``header``
   object. Request records are compact JSON arrays ``["r", <REQUEST_FIELDS>]``
-  (they are by far the most numerous: about 100 bytes each); every other
-  record is an object with a ``"kind"`` key.
+  (about 100 bytes each), one per RSS-measured request: every request below
+  about 200 requests/s, a uniform random sample above. Every other record is
+  an object with a ``"kind"`` key.
 
 Units live in the names: ``*_bytes`` bytes, ``*_s`` seconds, ``ts`` Unix
 seconds (float). A reader must ignore unknown keys and kinds, treat missing
@@ -40,7 +41,10 @@ __all__ = [
 #: Bumped on any change a reader of the previous version would misread.
 #: 2: RSS is measured on a random sample of requests under load (null on
 #: the others); ``endpoint_interval.rss_measured`` counts the measured ones.
-SCHEMA_VERSION = 2
+#: 3: request records are written for the measured requests only (header
+#: ``request_records: "measured"``); ``endpoint_interval`` counts every request,
+#: so calls, errors and durations per endpoint come from there.
+SCHEMA_VERSION = 3
 FORMAT_NAME = "leakyspanner-jsonl"
 
 STEM_PREFIX = "leakyspanner_"
@@ -74,7 +78,9 @@ REQUEST_FIELDS = (
 )
 # Measured requests: RSS costs a syscall, so under load it is read for a uniform
 # random sample of about one request per ``config.request_rss_interval_seconds``
-# (default 5 ms; 0 = all). Below that rate every request is measured. Traced
+# (default 5 ms; 0 = all). Below that rate every request is measured. Since
+# version 3 only measured requests have a record; the exact counts are in
+# ``endpoint_interval`` (before, unmeasured records had null RSS). Traced
 # memory is read for the same sample (each read allocates, which costs a
 # traceback capture under tracemalloc), so ``endpoint_interval``'s
 # ``traced_delta_bytes_sum`` is over the ``rss_measured`` calls.
@@ -99,6 +105,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "cgroup_memory_limit_bytes": "int|null, container memory limit if a cgroup sets one",
         "memory_reader": 'str, "statm" or "psutil"',
         "request_fields": "list[str], REQUEST_FIELDS as written in this file",
+        "request_records": '"measured" (version 3): a request record per RSS-measured request; absent: every request',
     },
     "sample": {
         "kind": '"sample"',
@@ -181,7 +188,8 @@ FIELDS: dict[str, dict[str, str]] = {
         "final_rss_bytes": "int",
         "net_growth_bytes": "int",
         "samples": "int",
-        "requests_total": "int",
+        "requests_total": "int, requests completed (counted as of the last sample)",
+        "request_records": "int, request records written (version 3: the RSS-measured requests)",
         "requests_dropped": "int",
         "internal_errors": "int",
         # avg_delta_bytes is over the rss_measured calls (null when none was measured)

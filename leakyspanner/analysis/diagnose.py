@@ -175,6 +175,39 @@ def _interval_matrix(s: Sessions, sid: str, samples: pd.DataFrame
     return table.to_numpy(dtype=float), keys_out, ts
 
 
+def _call_counts(s: Sessions, sid: str) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """Per endpoint, (times, calls completed by each time), ascending.
+
+    From the ``endpoint_interval`` records, which count every request (since
+    schema version 3 request records are only the RSS-measured sample); files
+    without them fall back to one step per request record.
+    """
+    intervals = s.intervals[s.intervals["session_id"] == sid] if len(s.intervals) else s.intervals
+    out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    if len(intervals):
+        frame = pd.DataFrame({"method": intervals["method"].astype(str), "route": intervals["route"].astype(str),
+                              "ts": intervals["ts"].to_numpy(dtype=float, na_value=np.nan),
+                              "calls": intervals["calls"].to_numpy(dtype=float, na_value=0.0)})
+        for key, group in frame.sort_values("ts", kind="stable").groupby(["method", "route"], sort=False):
+            out[(str(key[0]), str(key[1]))] = (group["ts"].to_numpy(), np.cumsum(group["calls"].to_numpy()))
+        return out
+    req = s.requests[s.requests["session_id"] == sid] if len(s.requests) else s.requests
+    if len(req):
+        frame = pd.DataFrame({"method": req["method"].astype(str), "route": req["route"].astype(str),
+                              "ts": req["ts"].to_numpy(dtype=float, na_value=np.nan)})
+        for key, group in frame.groupby(["method", "route"], sort=False):
+            times = np.sort(group["ts"].to_numpy())
+            out[(str(key[0]), str(key[1]))] = (times, np.arange(1, len(times) + 1, dtype=float))
+    return out
+
+
+def _calls_at(counts: tuple[np.ndarray, np.ndarray], ts: np.ndarray | float) -> np.ndarray:
+    """Calls completed by each of ``ts`` (0 before the first)."""
+    times, cumulative = counts
+    idx = np.searchsorted(times, ts, side="right")
+    return np.where(idx > 0, cumulative[np.maximum(idx - 1, 0)], 0.0)
+
+
 def _floors(s: Sessions, sid: str, samples: pd.DataFrame, metric: str) -> np.ndarray:
     """The lowest reading of ``metric`` in each sampling interval.
 
@@ -263,11 +296,10 @@ def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_t
     calls = xk.sum(axis=0)
     req = s.requests[s.requests["session_id"] == sid]
     naive: dict[tuple[str, str], float] = {}
-    all_calls: dict[tuple[str, str], int] = {}
     if len(req):
         grouped = req.groupby([req["method"].astype(str), req["route"].astype(str)], observed=True)["rss_delta_bytes"]
         naive = {key: float(v) for key, v in grouped.mean().items()}
-        all_calls = {key: int(v) for key, v in grouped.size().items()}
+    all_calls = {key: int(cum[-1]) for key, (_, cum) in _call_counts(s, sid).items() if len(cum)}
     contributions = coef * calls
     explained = max(float(contributions.sum()), 1.0)
     total_growth = max(float(dy.sum()), 0.0)
@@ -302,12 +334,9 @@ def _sites(s: Sessions, sid: str, candidates: Sequence[EndpointAttribution], war
     counts = sites.pivot_table(index="site", columns="snapshot_seq", values="count", aggfunc="sum")
     # Cumulative calls of each leaking endpoint, to tie each growing site to the
     # endpoint whose calls track its size best (several leaks can run at once).
-    cumulative: dict[str, np.ndarray] = {}
-    req = s.requests[s.requests["session_id"] == sid] if len(s.requests) else s.requests
-    for e in candidates:
-        if len(req):
-            mask = (req["route"].astype(str) == e.route) & (req["method"].astype(str) == e.method)
-            cumulative[f"{e.method} {e.route}"] = np.sort(req.loc[mask, "ts"].to_numpy(dtype=float, na_value=np.nan))
+    calls_by_endpoint = _call_counts(s, sid)
+    cumulative = {f"{e.method} {e.route}": calls_by_endpoint[(e.method, e.route)] for e in candidates
+                  if (e.method, e.route) in calls_by_endpoint}
     meta = sites.drop_duplicates("site").set_index("site")[["file", "line"]]
     out = []
     for site, row in pivot.iterrows():
@@ -329,8 +358,8 @@ def _sites(s: Sessions, sid: str, candidates: Sequence[EndpointAttribution], war
         per_call, per_route = None, None
         seen_ts = np.array([float(snap_ts[q]) for q in seqs])
         best = -2.0
-        for name, times in cumulative.items():
-            calls_at = np.searchsorted(times, seen_ts, side="right").astype(float)
+        for name, endpoint_counts in cumulative.items():
+            calls_at = _calls_at(endpoint_counts, seen_ts)
             made = calls_at[-1] - calls_at[0]
             if made <= 0:
                 continue
@@ -487,13 +516,14 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
     sid = _pick(sessions, session_id)
     samples = sessions.samples[sessions.samples["session_id"] == sid].sort_values("ts")
     info = sessions.sessions[sessions.sessions["session_id"] == sid].iloc[0]
-    requests = sessions.requests[sessions.requests["session_id"] == sid]
     t = samples["elapsed_s"].to_numpy(dtype=float, na_value=np.nan)
     duration = float(info["duration_s"]) if pd.notna(info.get("duration_s")) else (float(t[-1]) if len(t) else 0.0)
     warm_elapsed = (t[0] + _WARMUP_FRACTION * (t[-1] - t[0])) if len(t) else 0.0
     start_ts = float(info["start_ts"]) if pd.notna(info.get("start_ts")) else 0.0
     warm_ts = start_ts + warm_elapsed
-    req_after = int((requests["ts"] > warm_ts).sum()) if len(requests) else 0
+    counts = [c for c in _call_counts(sessions, sid).values() if len(c[1])]
+    n_requests = int(sum(cum[-1] for _, cum in counts))
+    req_after = int(sum(cum[-1] - _calls_at((times, cum), warm_ts) for times, cum in counts))
     rss = _trend("rss_bytes", t, samples["rss_bytes"].to_numpy(dtype=float, na_value=np.nan), req_after)
     traced = None
     if "traced_bytes" in samples and samples["traced_bytes"].notna().sum() >= _MIN_SAMPLES:
@@ -528,7 +558,7 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
         notes.append(f"{int(info['requests_dropped'])} request records were dropped (buffer full)")
     headline = _headline(status, rss, traced, suspect, sites, kinds)
     return Verdict(session_id=sid, status=status, leaking=leaking, headline=headline, rss=rss, traced=traced,
-                   endpoints=endpoints, sites=sites, kinds=kinds, requests=int(len(requests)),
+                   endpoints=endpoints, sites=sites, kinds=kinds, requests=n_requests,
                    duration_s=duration, notes=notes)
 
 

@@ -55,18 +55,51 @@ def endpoint_label(method: object, route: object) -> str:
     return f"{method} {route}"
 
 
+def _exact_counts(sessions: Sessions, requests: pd.DataFrame, session_id: str | None) -> pd.DataFrame:
+    """Calls, errors and duration sum per (method, route), counting every request.
+
+    From ``endpoint_interval`` records where a session has them (since schema
+    version 3 request records are only the RSS-measured sample); from request
+    records for sessions without any.
+    """
+    intervals = sessions.intervals
+    if session_id is not None and len(intervals):
+        intervals = intervals[intervals["session_id"] == session_id]
+    parts = []
+    if len(intervals):
+        parts.append(pd.DataFrame({
+            "method": intervals["method"].astype("str"), "route": intervals["route"].astype("str"),
+            "calls": _floats(intervals["calls"]).fillna(0.0), "errors": _floats(intervals["errors"]).fillna(0.0),
+            "duration_sum": _floats(intervals["duration_s_sum"]).fillna(0.0),
+        }))
+        requests = requests[~requests["session_id"].isin(set(intervals["session_id"]))]
+    if len(requests):
+        parts.append(pd.DataFrame({
+            "method": requests["method"].astype("str"), "route": requests["route"].astype("str"), "calls": 1.0,
+            "errors": (_floats(requests["status"]) >= 500).astype("float64"),
+            "duration_sum": _floats(requests["duration_s"]).fillna(0.0),
+        }))
+    if not parts:
+        return pd.DataFrame(columns=["calls", "errors", "duration_sum"],
+                            index=pd.MultiIndex.from_arrays([[], []], names=["method", "route"]))
+    return pd.concat(parts, ignore_index=True).groupby(["method", "route"], sort=False).sum()
+
+
 def endpoint_table(sessions: Sessions, session_id: str | None = None) -> pd.DataFrame:
     """Per method and route: calls, errors (status >= 500), RSS change and duration statistics.
 
-    RSS statistics are over the ``rss_measured`` calls: under load capture reads
-    RSS for a random sample of requests only. ``session_id=None`` pools every loaded session. Rows are sorted by suspicion:
+    Calls, errors and the average duration count every request. RSS statistics
+    and the p95 duration are over the ``rss_measured`` calls: under load capture
+    reads RSS for a random sample of requests and writes a record for those only.
+    ``session_id=None`` pools every loaded session. Rows are sorted by suspicion:
     average per-request RSS change, largest first (ties: more calls first).
     """
     _check_session(sessions, session_id)
     requests = sessions.requests
     if session_id is not None:
         requests = requests[requests["session_id"] == session_id]
-    if requests.empty:
+    counts = _exact_counts(sessions, requests, session_id)
+    if counts.empty:
         return pd.DataFrame({name: pd.Series(dtype="float64") for name in _ENDPOINT_COLUMNS}).astype(
             {"method": "str", "route": "str", "endpoint": "str", "calls": "int64", "errors": "int64",
              "rss_measured": "int64"})
@@ -75,20 +108,22 @@ def endpoint_table(sessions: Sessions, session_id: str | None = None) -> pd.Data
         "route": requests["route"].astype("str"),
         "delta": _floats(requests["rss_delta_bytes"]),
         "duration": _floats(requests["duration_s"]),
-        "error": (_floats(requests["status"]) >= 500),
     })
     grouped = frame.groupby(["method", "route"], sort=False)
-    table = pd.DataFrame({
-        "calls": grouped.size(),
-        "errors": grouped["error"].sum().astype("int64"),
+    sampled = pd.DataFrame({
         "rss_measured": grouped["delta"].count().astype("int64"),
         "avg_delta_bytes": grouped["delta"].mean(),
         "p50_delta_bytes": grouped["delta"].quantile(0.5),
         "p95_delta_bytes": grouped["delta"].quantile(0.95),
         "max_delta_bytes": grouped["delta"].max(),
-        "avg_duration_s": grouped["duration"].mean(),
         "p95_duration_s": grouped["duration"].quantile(0.95),
-    }).reset_index()
+    })
+    table = counts.join(sampled, how="outer")
+    table["calls"] = table["calls"].fillna(0).astype("int64")
+    table["errors"] = table["errors"].fillna(0).astype("int64")
+    table["rss_measured"] = table["rss_measured"].fillna(0).astype("int64")
+    table["avg_duration_s"] = table["duration_sum"] / table["calls"].where(table["calls"] > 0)
+    table = table.reset_index()
     table.insert(2, "endpoint", [endpoint_label(m, r) for m, r in zip(table["method"], table["route"])])
     table = table.sort_values(["avg_delta_bytes", "calls"], ascending=[False, False], na_position="last")
     return table.reset_index(drop=True)[_ENDPOINT_COLUMNS]

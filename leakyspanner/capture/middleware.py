@@ -1,10 +1,10 @@
 """The pure ASGI middleware: watches each request, changes nothing.
 
 Per-request state lives in one slotted object that is also the app's
-``send``. The request path reads the clock, RSS for a measured request (one
-``pread`` at each end) and, when tracing, traced memory, then appends one
-tuple to a deque: no I/O, no lock, no await of its own. Every message, byte
-and exception passes through untouched.
+``send``. The request path reads the clock, adds the request to its endpoint's
+counter and, for a measured request, reads RSS (one ``pread`` at each end)
+and traced memory and appends one tuple to a deque: no I/O, no lock, no
+await of its own. Every message, byte and exception passes through untouched.
 
 Which requests are measured: a syscall costs more than everything else this
 middleware does (on the benchmark VM two /proc reads per request cost about
@@ -14,8 +14,8 @@ at most. Each request is measured with the same probability, set per 0.1 s
 window from the request rate seen since the previous one opened, so the measured ones are a uniform
 random sample: choosing "the first request after 5 ms" instead would favour
 requests that follow slow ones. Below the target rate every request is
-measured. The others record null RSS; counts, status and duration stay exact
-for every request. Traced memory is read for the same sample: under
+measured. Only measured requests become request records; counts, errors and
+durations stay exact for every request, on the endpoint counters. Traced memory is read for the same sample: under
 tracemalloc each ``get_traced_memory()`` call allocates a tuple and two ints,
 and every allocation there costs a traceback capture.
 """
@@ -90,32 +90,49 @@ class _Exchange:
         return self.send(message)
 
     def finish(self) -> None:
+        """Count the request on its endpoint's counter; a measured one also becomes a record.
+
+        Every request is counted exactly (calls, errors, duration) on a counter
+        this thread alone writes. Only the random sample with RSS read at both
+        ends becomes a request record for the writer: formatting a line per
+        request cost more CPU than all the rest, for records that carry no memory
+        reading.
+        """
         self.done = True
         p = self.p
         try:
             t1 = perf_counter()
-            rss1 = None if self.rss0 is None else p._read_rss()
-            tr0 = self.tr0
-            tr1 = _get_traced()[0] if tr0 is not None and tracemalloc.is_tracing() else None
+            rss0 = self.rss0
+            rss1 = None if rss0 is None else p._read_rss()
             in1 = p._inflight
             p._inflight = in1 - 1
-            buffer = p._buffer
-            if len(buffer) < p._buffer_cap:
-                scope = self.scope
-                route = scope.get("route")
-                target = route if route is not None else scope.get("endpoint")
-                # the record names its route by id: a tuple of atomic values is untracked by the
-                # first young collection, so records waiting for the writer never get promoted
-                # to the old generations (a tuple holding the route would, and pay for full collections)
-                key = id(target)
-                if key not in p._targets:
-                    p._register_target(key, route, scope.get("endpoint"))
-                buffer.append((
-                    REQUEST, self.t0, t1, self.method, key, scope.get("root_path", ""), self.root_before,
-                    self.status, self.rss0, rss1, tr0, tr1, self.in0, in1,
-                ))
-            else:
-                p.requests_dropped += 1
+            scope = self.scope
+            route = scope.get("route")
+            key = id(route if route is not None else scope.get("endpoint"))
+            by_method = p._counts.get(key)
+            counter = by_method.get(self.method) if by_method is not None else None
+            if counter is None:
+                counter = p._counter(key, route, scope.get("endpoint"), self.method,
+                                     scope.get("root_path", ""), self.root_before)
+            duration = t1 - self.t0
+            counter[0] += 1
+            status = self.status
+            if status >= 500:
+                counter[1] += 1
+            counter[2] += duration
+            if duration > counter[3]:
+                counter[3] = duration
+            if rss0 is not None:
+                tr0 = self.tr0
+                tr1 = _get_traced()[0] if tr0 is not None and tracemalloc.is_tracing() else None
+                buffer = p._buffer
+                if len(buffer) < p._buffer_cap:
+                    # plain values and the (method, route) tuple of strings: untracked by the first
+                    # young collection, so records waiting for the writer never reach the old generations
+                    buffer.append((REQUEST, self.t0, duration, counter[4], status, rss0, rss1, tr0, tr1,
+                                   self.in0, in1))
+                else:
+                    p.requests_dropped += 1
         except Exception as exc:
             p._internal_error("request end", exc)
 

@@ -30,7 +30,7 @@ from . import humanlog
 from .allocations import SNAPSHOT_MODES
 from .middleware import LeakyspannerMiddleware
 from .procmem import ProcessReader, cgroup_memory_limit_bytes
-from .routes import RouteNamer
+from .routes import METHODS, RouteNamer
 from .sampler import Sampler
 from .writer import OBJECT, RecordWriter
 
@@ -38,7 +38,7 @@ __all__ = ["Profiler", "leakyspanner"]
 
 logger = logging.getLogger("leakyspanner")
 _MB = 1024 * 1024
-_MAX_TARGETS = 4096  # distinct route/endpoint objects named in request records
+_MAX_FAST_COUNTERS = 4096  # (route object, method) pairs the request path finds a counter for in two lookups
 #: tracemalloc frames per traceback by level. deep keeps 5: enough to climb from a
 #: library's allocation to the caller in the app, at about half the per-allocation
 #: cost of the seed's 10 (``traceback_frames=10`` buys that depth back).
@@ -129,9 +129,16 @@ class Profiler:
         self._loop: Any = None
         self._inflight = 0
         self._buffer: deque[tuple[Any, ...]] = deque()
-        #: id -> (route, endpoint) for the ids request records carry; holding the objects
-        #: keeps their ids from being reused. Bounded: past the cap a route is named OTHER_ROUTE.
-        self._targets: dict[int, tuple[Any, Any]] = {}
+        #: endpoint counters, written by the event loop's thread only: [calls, errors,
+        #: duration sum, duration max, (method, route)], cumulative except the max, which
+        #: the sampler resets each interval. One per (method, route template): bounded.
+        self._counters: dict[tuple[str, str], list[Any]] = {}
+        #: the request path's way to them: id(route object) -> raw method -> counter, for
+        #: routes whose template never depends on the raw root path (the objects are kept
+        #: alive by the RouteNamer, so the ids are not reused)
+        self._counts: dict[int, dict[str, list[Any]]] = {}
+        self._n_fast = 0
+        self._routes = RouteNamer(app)
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
         # RSS sampling (see middleware): target measured requests per second, current probability, window
@@ -207,8 +214,10 @@ class Profiler:
         self._buffer.clear()
         self.requests_dropped = 0
         self._inflight = 0
+        self._counters, self._counts, self._n_fast = {}, {}, 0
+        self._routes = RouteNamer(self.app)
         self._writer = RecordWriter(
-            self._buffer, jsonl, log, RouteNamer(self.app), self._targets,
+            self._buffer, jsonl, log,
             perf_to_wall=time.time() - time.perf_counter(),
             on_error=self._internal_error, dropped=lambda: self.requests_dropped,
         )
@@ -219,7 +228,7 @@ class Profiler:
             "level": self.level, "config": self._config, "start_ts": round(start_ts, 4),
             "baseline_rss_bytes": self.baseline_rss_bytes, "baseline_vms_bytes": baseline_vms,
             "cgroup_memory_limit_bytes": self.cgroup_limit_bytes, "memory_reader": self.reader.source,
-            "request_fields": list(REQUEST_FIELDS),
+            "request_fields": list(REQUEST_FIELDS), "request_records": "measured",
         }
         self._writer.write_lines(
             [json.dumps(header, separators=(",", ":")) + "\n"],
@@ -270,7 +279,8 @@ class Profiler:
             "baseline_rss_bytes": self.baseline_rss_bytes,
             "peak_rss_bytes": max(writer.peak_rss_bytes, self.baseline_rss_bytes),
             "final_rss_bytes": final, "net_growth_bytes": final - self.baseline_rss_bytes,
-            "samples": writer.samples, "requests_total": writer.requests_total,
+            "samples": writer.samples, "requests_total": writer.calls_total,
+            "request_records": writer.requests_total,
             "requests_dropped": self.requests_dropped, "internal_errors": self.internal_errors,
             "endpoints": writer.endpoint_summary(),
         }
@@ -284,9 +294,26 @@ class Profiler:
         self._files = []
 
     # -- called by middleware and sampler --------------------------------
-    def _register_target(self, key: int, route: Any, endpoint: Any) -> None:
-        if len(self._targets) < _MAX_TARGETS:
-            self._targets[key] = (route, endpoint)
+    def _counter(self, key: int, route: Any, endpoint: Any, method: str, root_after: str, root_before: str
+                 ) -> list[Any]:
+        """The counter of a request the two-lookup path missed; on the event loop's thread.
+
+        The raw method is the client's to choose: anything unknown counts as
+        ``OTHER`` and is never cached, so junk methods cost a slower lookup, not
+        memory. A route whose template depends on the raw root path (one added
+        after the app's routes were walked) is named on every call.
+        """
+        known_method = method in METHODS
+        name = (method if known_method else "OTHER",
+                self._routes.name(route, endpoint, root_after or "", root_before or ""))
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = [0, 0, 0.0, 0.0, name]
+        if (known_method and self._n_fast < _MAX_FAST_COUNTERS
+                and (route is None and endpoint is None or self._routes.is_static(route, endpoint))):
+            self._counts.setdefault(key, {})[method] = counter
+            self._n_fast += 1
+        return counter
 
     def _first_request(self, loop: Any) -> None:
         """Slow path taken once per process: learn the loop, restart after a fork."""
@@ -354,7 +381,8 @@ class Profiler:
             "tracing": self._tracing,
             "traced_bytes": tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None,
             "inflight": self._inflight,
-            "requests_total": self._writer.requests_total if self._writer else 0,
+            "requests_total": sum(c[0] for c in list(self._counters.values())),
+            "request_records": self._writer.requests_total if self._writer else 0,
             "requests_dropped": self.requests_dropped, "buffered": len(self._buffer),
             "internal_errors": self.internal_errors,
             "log_file": str(self.log_file) if self.log_file else None,

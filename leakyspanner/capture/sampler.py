@@ -48,6 +48,22 @@ def count_tasks(loop: asyncio.AbstractEventLoop | None) -> tuple[int | None, dic
     return len(tasks), top
 
 
+def _copy_counters(counters: dict[Any, list[Any]]) -> list[tuple[Any, ...]]:
+    """Copy the request path's endpoint counters and start each one's interval maximum anew.
+
+    Read from this thread while the event loop's thread writes them, without a
+    lock: ``list()`` and ``tuple()`` copy under the GIL in one step, and the
+    counts are cumulative, so a request counted during the copy shows in the
+    next interval instead. Only a duration maximum set between a copy and its
+    reset can be missed.
+    """
+    out = []
+    for counter in list(counters.values()):
+        out.append(tuple(counter))
+        counter[3] = 0.0
+    return out
+
+
 class Sampler:
     """Samples every ``interval_s``; takes allocation snapshots within a CPU budget.
 
@@ -136,7 +152,7 @@ class Sampler:
             "cgroup_memory_bytes": cgroup_memory_bytes() if p.cgroup_limit_bytes else None,
         }
         self._seq += 1
-        p._buffer.append((SAMPLE, record))
+        p._buffer.append((SAMPLE, record, _copy_counters(p._counters)))
         self._alerts(now, rss)
         if p.level == "auto":
             self._auto(now, rss)

@@ -76,8 +76,16 @@ def synthetic_session(
     rss = baseline_rss_bytes
     for seq in range(samples):
         ts = start_ts + (seq + 1) * interval_s
+        counts: dict[tuple[str, str], list[Any]] = {}  # (method, route) -> calls, errors, duration sum, measured
         for i in range(requests_per_sample):
             total += 1
+            key = ("GET" if i % 2 == 0 else "POST", routes[i % len(routes)])
+            count = counts.setdefault(key, [0, 0, 0.0, 0, 0])
+            count[0] += 1
+            count[1] += 0 if i else 1
+            count[2] += 0.01 * (i + 1)
+            count[3] += 4096 * (i + 1)
+            count[4] = max(count[4], 4096 * (i + 1))
             records.append(request(
                 request_fields, ts=ts - interval_s + i * 0.1, method="GET" if i % 2 == 0 else "POST",
                 route=routes[i % len(routes)], status=200 if i else 500, duration_s=0.01 * (i + 1),
@@ -90,9 +98,11 @@ def synthetic_session(
             gc_count=[seq, 1, 2], gc_collections=[10 + seq, 2, 1], tracing=True, traced_bytes=1000 * seq,
             threads=3, asyncio_tasks=2, asyncio_tasks_by_coro={"serve": 1, "worker": 1 + seq},
             requests_total=total, inflight=0))
-        records.append(blank(
-            "endpoint_interval", ts_start=ts - interval_s, ts=ts, seq=seq, method="GET", route=routes[0],
-            calls=requests_per_sample, rss_delta_bytes_sum=4096, rss_delta_bytes_max=4096))
+        for (method, route), (calls, errors, duration_sum, delta_sum, delta_max) in counts.items():
+            records.append(blank(
+                "endpoint_interval", ts_start=ts - interval_s, ts=ts, seq=seq, method=method, route=route,
+                calls=calls, errors=errors, duration_s_sum=round(duration_sum, 6), rss_measured=calls,
+                rss_delta_bytes_sum=delta_sum, rss_delta_bytes_max=delta_max))
         if snapshots:
             records.append(blank(
                 "snapshot", ts=ts, seq=seq, traced_bytes=5000 + seq, blocks=10, sites_total=2, frames=2,

@@ -170,3 +170,17 @@ def test_endpoint_table_rss_statistics_cover_only_the_measured_requests(tmp_path
     assert (get["calls"], get["rss_measured"]) == (4, 2), "every call counted, only measured ones in RSS stats"
     assert get["avg_delta_bytes"] == pytest.approx(4096) and get["max_delta_bytes"] == 4096
     assert (table.loc["POST /a", "calls"], table.loc["POST /a", "rss_measured"]) == (4, 4)
+
+
+def test_endpoint_table_counts_every_call_from_intervals_when_records_are_only_the_measured_sample(tmp_path, synth):
+    records = synth.session(samples=2, requests_per_sample=4, routes=("/a",))
+    before = 1 + schema.REQUEST_FIELDS.index("rss_before_bytes")
+    # schema 3 under load: the unmeasured third request of each interval (GET, +12 KiB, 30 ms) left no record
+    kept = [r for r in records if not (isinstance(r, list) and r[before + 1] - r[before] == 3 * 4096)]
+    assert len(kept) == len(records) - 2
+    path = synth.write(tmp_path / f"{records[0]['session_id']}{schema.JSONL_SUFFIX}", kept)
+    table = stats.endpoint_table(load(path)).set_index("endpoint")
+    get = table.loc["GET /a"]
+    assert (get["calls"], get["errors"], get["rss_measured"]) == (4, 2, 2)
+    assert get["avg_duration_s"] == pytest.approx((0.01 + 0.03) / 2), "over every call, the unmeasured included"
+    assert get["avg_delta_bytes"] == pytest.approx(4096)

@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 
 from leakyspanner import LeakyspannerMiddleware, Profiler, leakyspanner
 from leakyspanner.capture import profiler as profiler_module
-from leakyspanner.schema import OTHER_ROUTE, UNMATCHED_ROUTE
+from leakyspanner.schema import UNMATCHED_ROUTE
 
 
 def _client(app) -> httpx.AsyncClient:
@@ -107,14 +107,14 @@ def test_under_load_rss_is_read_for_a_sample_while_counts_stay_exact(tmp_path):
         profiler.stop()
     records = read_jsonl(profiler.jsonl_file)
     requests = records["request"]
-    assert len(requests) == 33 and [r["status"] for r in requests] == [200] * 33
-    assert all(r["rss_before_bytes"] > 1_000_000 and r["rss_after_bytes"] > 1_000_000 for r in requests[:3])
-    assert all(r["rss_before_bytes"] is None and r["rss_after_bytes"] is None for r in requests[3:])
-    assert all(r["duration_s"] >= 0 for r in requests), "duration is kept for every request"
+    assert len(requests) == 3, "a record for each measured request only"
+    assert all(r["rss_before_bytes"] > 1_000_000 and r["rss_after_bytes"] > 1_000_000 for r in requests)
     assert len(reads) == 6, "one read at each end of each measured request"
     intervals = records["endpoint_interval"]
     assert sum(i["calls"] for i in intervals) == 33 and sum(i["rss_measured"] for i in intervals) == 3
-    deltas = [r["rss_after_bytes"] - r["rss_before_bytes"] for r in requests[:3]]
+    assert sum(i["errors"] for i in intervals) == 0 and 0 < sum(i["duration_s_sum"] for i in intervals) < 30
+    assert records["sample"][-1]["requests_total"] == 33
+    deltas = [r["rss_after_bytes"] - r["rss_before_bytes"] for r in requests]
     assert sum(i["rss_delta_bytes_sum"] for i in intervals) == sum(deltas)
     [endpoint] = records["summary"][0]["endpoints"]
     assert (endpoint["calls"], endpoint["rss_measured"], endpoint["avg_delta_bytes"]) == (33, 3, round(sum(deltas) / 3))
@@ -134,14 +134,16 @@ def test_measured_requests_are_an_unbiased_sample_not_the_ones_after_slow_reques
     async def fast():
         return {}
 
-    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0.001)
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0.005)
     try:
         asyncio.run(_exchange(app, [("GET", "/slow" if i % 10 == 0 else "/fast") for i in range(2000)]))
     finally:
         profiler.stop()
-    requests = read_jsonl(profiler.jsonl_file)["request"]
-    measured = {route: sum(r["rss_after_bytes"] is not None for r in requests if r["route"] == route) / calls
-                for route, calls in (("/slow", 200), ("/fast", 1800))}
+    records = read_jsonl(profiler.jsonl_file)
+    calls = {route: sum(i["calls"] for i in records["endpoint_interval"] if i["route"] == route)
+             for route in ("/slow", "/fast")}
+    assert calls == {"/slow": 200, "/fast": 1800}
+    measured = {route: sum(r["route"] == route for r in records["request"]) / n for route, n in calls.items()}
     assert 0 < measured["/fast"] < 0.9, "under this load only a sample is measured"
     assert 0.5 < measured["/slow"] / measured["/fast"] < 2, measured
 
@@ -186,21 +188,23 @@ def test_raw_paths_never_become_keys(tmp_path):
     finally:
         profiler.stop()
     records = read_jsonl(profiler.jsonl_file)
-    assert {(r["method"], r["route"]) for r in records["request"]} == {
-        ("GET", UNMATCHED_ROUTE), ("OTHER", "/items/{item_id}")}
+    expected = {("GET", UNMATCHED_ROUTE), ("OTHER", "/items/{item_id}")}
+    assert {(i["method"], i["route"]) for i in records["endpoint_interval"]} == expected
+    assert {(r["method"], r["route"]) for r in records["request"]} <= expected
+    assert set(profiler._counters) == expected
 
 
-def test_client_chosen_methods_share_one_cache_entry_per_route(tmp_path):
+def test_client_chosen_methods_share_one_counter_and_are_never_cached(tmp_path):
     app = _make_app()
     profiler = leakyspanner(app, log_path=tmp_path, level="basic")
     try:
         asyncio.run(_exchange(app, [(f"BREW{i}", "/items/1") for i in range(300)] + [("GET", "/items/1")]))
     finally:
         profiler.stop()
-    assert {r["method"] for r in read_jsonl(profiler.jsonl_file)["request"]} == {"OTHER", "GET"}
-    writer = profiler._writer
-    assert len(writer._resolved) == 0
-    assert [sorted(by_method) for by_method in writer._resolved_static.values()] == [["GET", "OTHER"]]
+    calls = {i["method"]: i["calls"] for i in read_jsonl(profiler.jsonl_file)["endpoint_interval"]}
+    assert calls == {"OTHER": 300, "GET": 1}
+    assert set(profiler._counters) == {("OTHER", "/items/{item_id}"), ("GET", "/items/{item_id}")}
+    assert [sorted(by_method) for by_method in profiler._counts.values()] == [["GET"]]
 
 
 def test_mounted_apps_are_named_by_full_template(tmp_path):
@@ -286,7 +290,7 @@ def test_middleware_on_plain_asgi_app_passes_other_scopes_through(tmp_path):
 
 def test_request_records_stay_small(tmp_path):
     app = _make_app()
-    profiler = leakyspanner(app, log_path=tmp_path, level="mid")
+    profiler = leakyspanner(app, log_path=tmp_path, level="mid", request_rss_interval_seconds=0)
     try:
         asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(50)]))
     finally:
@@ -333,9 +337,10 @@ def test_many_mount_parameter_values_share_one_template_and_cache_entry(tmp_path
         asyncio.run(_exchange(app, [("GET", f"/tenants/t{i}/page") for i in range(1500)]))
     finally:
         profiler.stop()
-    routes = {r["route"] for r in read_jsonl(profiler.jsonl_file)["request"]}
-    assert routes == {"/tenants/{tenant}/page"}
-    assert len(profiler._writer._resolved) == 0 and len(profiler._writer._resolved_static) == 1
+    records = read_jsonl(profiler.jsonl_file)
+    assert {r["route"] for r in records["request"]} == {"/tenants/{tenant}/page"}
+    assert sum(i["calls"] for i in records["endpoint_interval"] if i["route"] == "/tenants/{tenant}/page") == 1500
+    assert len(profiler._counters) == 1 and len(profiler._counts) == 1
 
 
 def test_records_waiting_for_the_writer_are_untracked_by_a_young_collection(tmp_path):
@@ -354,15 +359,31 @@ def test_records_waiting_for_the_writer_are_untracked_by_a_young_collection(tmp_
     assert read_jsonl(profiler.jsonl_file)["request"][0]["route"] == "/items/{item_id}"
 
 
-def test_route_objects_past_the_registry_cap_are_named_other(tmp_path, monkeypatch):
-    monkeypatch.setattr(profiler_module, "_MAX_TARGETS", 2)
+def test_routes_past_the_fast_lookup_cap_are_still_counted_under_their_own_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiler_module, "_MAX_FAST_COUNTERS", 2)
     app = FastAPI()
     for name in ("a", "b", "c"):
         app.add_api_route(f"/{name}", lambda: {}, methods=["GET"])
-    profiler = leakyspanner(app, log_path=tmp_path, level="basic")
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0)
     try:
-        asyncio.run(_exchange(app, [("GET", "/a"), ("GET", "/b"), ("GET", "/c"), ("GET", "/a")]))
+        asyncio.run(_exchange(app, [("GET", "/a"), ("GET", "/b"), ("GET", "/c"), ("GET", "/c"), ("GET", "/a")]))
     finally:
         profiler.stop()
-    routes = [r["route"] for r in read_jsonl(profiler.jsonl_file)["request"]]
-    assert routes == ["/a", "/b", OTHER_ROUTE, "/a"] and len(profiler._targets) == 2
+    records = read_jsonl(profiler.jsonl_file)
+    assert [r["route"] for r in records["request"]] == ["/a", "/b", "/c", "/c", "/a"]
+    assert {i["route"]: i["calls"] for i in records["endpoint_interval"]} == {"/a": 2, "/b": 1, "/c": 2}
+    assert profiler._n_fast == 2 and len(profiler._counters) == 3
+
+
+def test_counts_are_exact_while_the_sampler_copies_counters_mid_traffic(tmp_path):
+    app = _make_app()
+    profiler = leakyspanner(app, log_path=tmp_path, level="basic", interval_seconds=0.01)
+    try:
+        asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(1500)]))
+    finally:
+        profiler.stop()
+    records = read_jsonl(profiler.jsonl_file)
+    intervals = records["endpoint_interval"]
+    assert len({i["seq"] for i in intervals}) > 3, "the counts were copied many times while requests ran"
+    assert sum(i["calls"] for i in intervals) == 1500
+    assert records["summary"][0]["requests_total"] == 1500 == records["summary"][0]["endpoints"][0]["calls"]

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from leakyspanner import leakyspanner
 from leakyspanner.capture.humanlog import clean, endpoint_line
 from leakyspanner.capture.procmem import ProcessReader, cgroup_memory_limit_bytes
-from leakyspanner.capture.sampler import count_tasks
+from leakyspanner.capture.sampler import _copy_counters, count_tasks
 
 MB = 1024 * 1024
 
@@ -230,3 +230,10 @@ def test_log_lines_cannot_be_forged_by_control_characters(hostile):
     assert len(line.splitlines()) == 1
     assert "\x1b" not in line and "\r" not in line
     assert len(clean("x" * 10_000)) <= 201
+
+
+def test_counter_copies_keep_the_cumulative_counts_and_start_each_maximum_anew():
+    key = ("GET", "/a")
+    counters = {key: [10, 1, 2.5, 0.75, key]}
+    assert _copy_counters(counters) == [(10, 1, 2.5, 0.75, key)]
+    assert counters[key] == [10, 1, 2.5, 0.0, key], "only the interval maximum is reset"

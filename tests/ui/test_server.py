@@ -285,7 +285,8 @@ def real_server(logs: Path) -> Iterator[int]:
 
 
 def _raw_http(port: int, target: str, host: str) -> tuple[int, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+    # generous: the first answer diagnoses every session, and a loaded shared machine is slow
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         conn.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := conn.recv(65536):
