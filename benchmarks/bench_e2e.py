@@ -16,7 +16,7 @@ being judged, so each round also gives a paired ratio (a config's run over
 bare's run in the same round, each from a freshly started server) and the
 median and quartiles of those are reported: ``empty`` (a middleware doing
 nothing) shows how far from 1.0 the noise alone moves a ratio. ``--name
-overhead --configs bare,empty,basic,auto,basic-rss-all --rounds 8 --interleave 2 --duration 1``
+overhead --configs bare,empty,basic,auto,basic-rss-all --rounds 12 --interleave 2 --duration 1``
 is the focused run the basic/auto budgets are judged on: within a round every
 server is up at once and 1 s runs alternate between them (A B C D, D C B A,
 ...), so the host's slow drift falls on every config alike.

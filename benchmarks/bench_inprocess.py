@@ -15,6 +15,18 @@ stay out of the windows: this is the request path plus the writer; bench_stall
 measures the snapshots and bench_e2e everything together. A slow window (deep
 tracing) stops after 4x the bare window time, with at least 5 requests.
 
+Paired windows (``--paired-rounds``, the configs without tracemalloc, plus
+basic with RSS never read and read on every request): every
+app is built once and kept, their writer threads stopped, and short windows
+(~30 ms of bare's time) alternate between them in a shuffled order, each
+window draining its own records on this thread so it pays for them. The
+statistic is the median over rounds of each config's CPU per request minus
+bare's in the same round: on a host whose speed drifts by a third within
+seconds, only differences taken moments apart resolve a few microseconds.
+Each app sees bursts with idle gaps, which its RSS sampling counts as a low
+request rate, so plain basic measures more requests here than under steady
+load; RESULTS.md composes basic's cost at a steady rate from its two ends.
+
     python -m benchmarks.bench_inprocess [--quick]
 """
 
@@ -39,6 +51,9 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import apps  # type: ignore[no-redef]
 
 CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "bare+tm1", "bare+tm5", "bare+tm10")
+#: no tracemalloc, so the apps can live side by side; basic-no-rss never reads RSS and
+#: basic-rss-all reads it for every request: the two ends of basic's cost
+PAIRED_CONFIGS = ("bare", "empty", "basic", "auto", "basic-no-rss", "basic-rss-all")
 # bare+tmN: the bare app with tracemalloc.start(N) around its window, the part of mid (1 frame)
 # and deep (5 frames; the seed's deep used 10) that is tracemalloc's own and no middleware can avoid
 TRACING_CONFIGS = ("mid", "deep", "bare+tm1", "bare+tm5", "bare+tm10")
@@ -48,6 +63,7 @@ _CAP = 4.0  # a window may take this many times the bare window before it is cut
 # A fresh profiler measures RSS on every request for its first 0.1 s (it has no rate to
 # sample by yet); a long-running server spends a negligible share of its life there.
 _RSS_SETTLE_S = 0.15
+_PAIRED_WINDOW_S = 0.03  # bare's time per paired window
 
 
 def _request(kind: str) -> tuple[dict[str, Any], bytes]:
@@ -152,6 +168,69 @@ async def _run(configs: list[str], rounds: int, window_s: float, interval_s: flo
     return {"requests_per_window": counts, "samples": samples}
 
 
+async def _paired(configs: list[str], counts: dict[str, int], rounds: int, seed: int) -> dict[str, Any]:
+    """Interleaved short windows of long-lived apps; per round, CPU µs per request of each config."""
+    built = {c: apps.make_app(c, interval_seconds=3600.0) for c in configs}
+    log_dirs = [app.state.log_dir for app in built.values() if app.state.log_dir]
+    try:
+        for app in built.values():
+            profiler = app.state.profiler
+            if profiler is not None:  # this thread drains, inside each window
+                profiler._writer._stopped.set()
+                profiler._writer._thread.join()
+            for kind in apps.ENDPOINTS:
+                scope, body = _request(kind)
+                for _ in range(_WARMUP):
+                    await common.call_asgi(app, scope, body)
+        await asyncio.sleep(_RSS_SETTLE_S)
+        rng = random.Random(seed)
+        per_round: dict[str, dict[str, list[float]]] = {c: {k: [] for k in apps.ENDPOINTS} for c in configs}
+        for _ in range(rounds):
+            for kind in apps.ENDPOINTS:
+                scope, body = _request(kind)
+                n = counts[kind]
+                order = list(configs)
+                rng.shuffle(order)
+                for config in order:
+                    app = built[config]
+                    profiler = app.state.profiler
+                    c0 = time.process_time()
+                    for _ in range(n):
+                        await common.call_asgi(app, scope, body)
+                    if profiler is not None:
+                        profiler._writer.drain()
+                    per_round[config][kind].append((time.process_time() - c0) / n * 1e6)
+        return {"rounds": rounds, "requests_per_window": counts, "cpu_us": per_round}
+    finally:
+        for app in built.values():
+            if app.state.profiler is not None:
+                app.state.profiler.stop()
+        for log_dir in log_dirs:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def summarize_paired(paired: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per config and kind: median and quartiles of (config − bare) CPU µs per request over the rounds."""
+    cpu = paired["cpu_us"]
+    out: dict[str, dict[str, Any]] = {}
+    for config, kinds in cpu.items():
+        out[config] = {}
+        for kind, values in kinds.items():
+            diffs = [v - b for v, b in zip(values, cpu["bare"][kind])]
+            q1, med, q3 = common.quartiles(diffs)
+            out[config][kind] = {"extra_us_over_bare": round(med, 2), "quartiles": [round(q1, 2), round(q3, 2)],
+                                 "bare_us": round(common.median(cpu["bare"][kind]), 2), "rounds": len(values)}
+    return out
+
+
+def render_paired(summary: dict[str, dict[str, Any]]) -> str:
+    rows = [[config, kind, f"{v['extra_us_over_bare']:+.2f}", f"{v['quartiles'][0]:+.2f} .. {v['quartiles'][1]:+.2f}",
+             f"{v['bare_us']:.1f}", v["rounds"]]
+            for config, kinds in summary.items() if config != "bare" for kind, v in kinds.items()]
+    return common.table(["config", "endpoint", "extra CPU µs/req over bare (median of rounds)", "quartiles",
+                         "bare µs/req (median)", "rounds"], rows)
+
+
 def summarize(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
     """Best (lowest) µs/request of the rounds per config and kind, with ratios to bare and empty.
 
@@ -199,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="profiler interval_seconds (default 60: no sampler tick inside a window)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configs")
     parser.add_argument("--seed", type=int, default=1, help="shuffle seed")
+    parser.add_argument("--paired-rounds", type=int,
+                        help="rounds of paired short windows for bare/empty/basic/auto (default 80, quick 10; 0: none)")
     parser.add_argument("--no-seed", action="store_true", help="accepted for run_all; the seed is not run here")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
@@ -210,11 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     raw = asyncio.run(_run(configs, rounds, window_s, args.interval_s, args.seed))
     summary = summarize(raw["samples"])
+    paired_rounds = args.paired_rounds if args.paired_rounds is not None else (10 if args.quick else 80)
+    paired_configs = [c for c in PAIRED_CONFIGS if c in configs or c.startswith("basic-") and "basic" in configs]
+    paired = None
+    if paired_rounds and "bare" in paired_configs and len(paired_configs) > 1:
+        counts = {k: max(20, int(n * _PAIRED_WINDOW_S / window_s)) for k, n in raw["requests_per_window"].items()}
+        paired = asyncio.run(_paired(paired_configs, counts, paired_rounds, args.seed))
+        paired["summary"] = summarize_paired(paired)
     path = common.write_result("inprocess", {
         "rounds": rounds, "window_s": window_s, "interval_s": args.interval_s, "quick": args.quick, "configs": configs,
-        "elapsed_s": round(time.monotonic() - t0, 1), "summary": summary, **raw,
+        "elapsed_s": round(time.monotonic() - t0, 1), "summary": summary, "paired": paired, **raw,
     })
     print(render(summary))
+    if paired:
+        print(f"\npaired short windows, {paired_rounds} rounds:\n" + render_paired(paired["summary"]))
     print(f"\nwrote {path} in {time.monotonic() - t0:.0f} s")
     return 0
 

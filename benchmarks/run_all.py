@@ -31,12 +31,13 @@ BENCHMARKS = ("inprocess", "e2e", "overhead", "stall", "memory")
 #: the module and arguments of each benchmark; "overhead" is bench_e2e focused on the tight budgets
 _COMMANDS = {name: [f"benchmarks.bench_{name}"] for name in BENCHMARKS} | {
     "overhead": ["benchmarks.bench_e2e", "--name", "overhead", "--configs", "bare,empty,basic,auto,basic-rss-all",
-                 "--rounds", "8", "--interleave", "2", "--duration", "1", "--no-seed"],
+                 "--rounds", "12", "--interleave", "2", "--duration", "1", "--no-seed"],
 }
 KINDS = ("tiny", "validate", "alloc", "stream")
 # "bounded": what one more full cycle of 100k distinct values may add, and the most the profiler may hold
 _GROWTH_LIMIT_BYTES = 64 * 1024
 _STATE_LIMIT_BYTES = 1024 * 1024
+_MEASURED_PER_S = 200  # RSS-measured requests per second under load: 1 / request_rss_interval_seconds' default
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -106,6 +107,27 @@ def budgets(results: dict[str, Any]) -> list[list[str]]:
         extra = {k: inproc["basic"][k]["extra_us_over_bare"] for k in KINDS if k in inproc["basic"]}
         rows.append(["(context) basic's extra CPU per request in process", "",
                      ", ".join(f"{k} {v:+.1f} µs" for k, v in extra.items())])
+    paired_inproc = ((results.get("inprocess") or {}).get("paired") or {}).get("summary", {})
+    floor, every_req = paired_inproc.get("basic-no-rss", {}), paired_inproc.get("basic-rss-all", {})
+    if floor and every_req:
+        parts = []
+        for k in KINDS:
+            if k not in floor or k not in every_req:
+                continue
+            base, per_measured = floor[k]["extra_us_over_bare"], every_req[k]["extra_us_over_bare"] - floor[k]["extra_us_over_bare"]
+            part = (f"{k}: request path {base:+.1f} µs (quartiles {floor[k]['quartiles'][0]:+.1f} .. "
+                    f"{floor[k]['quartiles'][1]:+.1f}), a measured request {per_measured:+.1f} µs more")
+            bare_run = focused.get("bare", {}).get(k) or {}
+            rate, bare_cpu = bare_run.get("rps"), bare_run.get("cpu_us_per_request")
+            if rate and bare_cpu:
+                share = min(1.0, _MEASURED_PER_S / rate)
+                steady = base + share * per_measured
+                part += (f"; at bare's {rate:.0f} req/s {share:.1%} are measured: {steady:+.1f} µs, "
+                         f"implied × bare {bare_cpu / (bare_cpu + max(steady, 0.0)):.3f}")
+            parts.append(part)
+        rounds = next(iter(floor.values()))["rounds"]
+        rows.append([f"(context) basic in process, paired short windows ({rounds} rounds; median of "
+                     "config − bare in the same round)", "", "; ".join(parts)])
 
     by_blocks: dict[int, dict[str, dict[str, Any]]] = {}
     for run in stall:
