@@ -128,6 +128,31 @@ async def call_asgi(app: Any, scope: dict[str, Any], body: bytes = b"") -> tuple
     return status, size
 
 
+async def paired_windows(apps_by_name: dict[str, Any], requests: dict[str, tuple[dict[str, Any], bytes]],
+                         counts: dict[str, int], rounds: int, rng: Any) -> dict[str, dict[str, list[float]]]:
+    """CPU µs per request of each app, kind and round, the apps' windows in a shuffled order.
+
+    Each window runs ``counts[kind]`` requests and then drains the app's
+    profiler (if any) on this thread, so it pays for its own records: the
+    profilers' writer threads must be stopped by the caller.
+    """
+    cpu: dict[str, dict[str, list[float]]] = {name: {kind: [] for kind in requests} for name in apps_by_name}
+    for _ in range(rounds):
+        for kind, (scope, body) in requests.items():
+            order = list(apps_by_name)
+            rng.shuffle(order)
+            for name in order:
+                app = apps_by_name[name]
+                profiler = getattr(app.state, "profiler", None)
+                c0 = time.process_time()
+                for _ in range(counts[kind]):
+                    await call_asgi(app, scope, body)
+                if profiler is not None:
+                    profiler._writer.drain()
+                cpu[name][kind].append((time.process_time() - c0) / counts[kind] * 1e6)
+    return cpu
+
+
 # -- servers and wrk ---------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

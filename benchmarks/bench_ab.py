@@ -87,11 +87,13 @@ def _build(version: str, level: str, profiler_kw: dict[str, Any]) -> Any:
 async def _run(level: str, kinds: list[str], rounds: int, seed: int, profiler_kw: dict[str, Any]) -> dict[str, Any]:
     built = {v: _build(v, level, profiler_kw) for v in ("bare", "ref", "ours")}
     counts: dict[str, int] = {}
+    requests = {}
+    for kind in kinds:
+        method, path = apps.ENDPOINTS[kind]
+        body = apps.VALIDATE_BODY if method == "POST" else b""
+        requests[kind] = (common.http_scope(method, path, body), body)
     try:
-        for kind in kinds:
-            method, path = apps.ENDPOINTS[kind]
-            body = apps.VALIDATE_BODY if method == "POST" else b""
-            scope = common.http_scope(method, path, body)
+        for kind, (scope, body) in requests.items():
             for app in built.values():
                 for _ in range(_WARMUP):
                     await common.call_asgi(app, scope, body)
@@ -99,24 +101,7 @@ async def _run(level: str, kinds: list[str], rounds: int, seed: int, profiler_kw
             for _ in range(_WARMUP):
                 await common.call_asgi(built["bare"], scope, body)
             counts[kind] = max(5, int(_WINDOW_S / ((time.perf_counter() - t0) / _WARMUP)))
-        rng = random.Random(seed)
-        cpu: dict[str, dict[str, list[float]]] = {v: {k: [] for k in kinds} for v in built}
-        for _ in range(rounds):
-            for kind in kinds:
-                method, path = apps.ENDPOINTS[kind]
-                body = apps.VALIDATE_BODY if method == "POST" else b""
-                scope = common.http_scope(method, path, body)
-                order = list(built)
-                rng.shuffle(order)
-                for version in order:
-                    app = built[version]
-                    profiler = app.state.profiler
-                    c0 = time.process_time()
-                    for _ in range(counts[kind]):
-                        await common.call_asgi(app, scope, body)
-                    if profiler is not None:
-                        profiler._writer.drain()
-                    cpu[version][kind].append((time.process_time() - c0) / counts[kind] * 1e6)
+        cpu = await common.paired_windows(built, requests, counts, rounds, random.Random(seed))
     finally:
         for app in built.values():
             if app.state.profiler is not None:

@@ -183,23 +183,8 @@ async def _paired(configs: list[str], counts: dict[str, int], rounds: int, seed:
                 for _ in range(_WARMUP):
                     await common.call_asgi(app, scope, body)
         await asyncio.sleep(_RSS_SETTLE_S)
-        rng = random.Random(seed)
-        per_round: dict[str, dict[str, list[float]]] = {c: {k: [] for k in apps.ENDPOINTS} for c in configs}
-        for _ in range(rounds):
-            for kind in apps.ENDPOINTS:
-                scope, body = _request(kind)
-                n = counts[kind]
-                order = list(configs)
-                rng.shuffle(order)
-                for config in order:
-                    app = built[config]
-                    profiler = app.state.profiler
-                    c0 = time.process_time()
-                    for _ in range(n):
-                        await common.call_asgi(app, scope, body)
-                    if profiler is not None:
-                        profiler._writer.drain()
-                    per_round[config][kind].append((time.process_time() - c0) / n * 1e6)
+        requests = {kind: _request(kind) for kind in apps.ENDPOINTS}
+        per_round = await common.paired_windows(built, requests, counts, rounds, random.Random(seed))
         return {"rounds": rounds, "requests_per_window": counts, "cpu_us": per_round}
     finally:
         for app in built.values():
