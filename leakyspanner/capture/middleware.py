@@ -77,7 +77,8 @@ class _Exchange:
         try:
             message_type = message["type"]
             if message_type == "http.response.body":
-                if not self.done and not message.get("more_body", False):
+                # a stream's chunks but the last say more_body: one lookup and they pass
+                if not message.get("more_body", False) and not self.done:
                     self.finish()
             elif message_type == "http.response.start":
                 self.status = message["status"]
