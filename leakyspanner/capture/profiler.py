@@ -436,8 +436,9 @@ def leakyspanner(
     take allocation snapshots in a forked child when that stalls the app
     less, ``fork``, ``inline``), traceback_frames (tracemalloc frames,
     1-100; default 1, deep 5), request_rss_interval_seconds (under load
-    RSS is read for a random sample of about one request per this many
-    seconds, default 0.005; 0 measures every request).
+    RSS is read, and a request record written, for a random sample of about
+    one request per this many seconds, default 0.005; 0 measures and records
+    every request; every request is counted either way).
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be True or False, got {enabled!r}")
