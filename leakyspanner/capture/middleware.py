@@ -11,11 +11,12 @@ middleware does (on the benchmark VM two /proc reads per request cost about
 13 µs each under load, a quarter of a tiny endpoint's CPU), so RSS is read
 for about one request per ``request_rss_interval_seconds`` (5 ms by default)
 at most. Each request is measured with the same probability, set per 0.1 s
-window from the request rate seen since the previous one opened, so the measured ones are a uniform
-random sample: choosing "the first request after 5 ms" instead would favour
-requests that follow slow ones. Below the target rate every request is
-measured. Only measured requests become request records; counts, errors and
-durations stay exact for every request, on the endpoint counters. Traced memory is read for the same sample: under
+window from the request rate seen since the previous one opened, so the
+measured ones are a uniform random sample: choosing "the first request after
+5 ms" instead would favour requests that follow slow ones. Below the target
+rate every request is measured. Only measured requests become request
+records; counts, errors and durations stay exact for every request, on the
+endpoint counters. Traced memory is read for the same sample: under
 tracemalloc each ``get_traced_memory()`` call allocates a tuple and two ints,
 and every allocation there costs a traceback capture.
 """

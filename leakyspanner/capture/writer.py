@@ -5,8 +5,9 @@ never blocks). This thread drains it in FIFO order every ``flush_s``. Request
 records are the RSS-measured sample; the exact per-endpoint counts arrive with
 each sample as a copy of the request path's cumulative counters, and an
 interval's counts are the difference between two copies, so no request is
-lost or counted twice even when one completes while the copy is taken. Each drain is written with one ``write`` and flushed, so a SIGKILL
-loses at most what was still buffered in memory and a torn last line.
+lost or counted twice even when one completes while the copy is taken. Each
+drain is written with one ``write`` and flushed, so a SIGKILL loses at most
+what was still buffered in memory and a torn last line.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class RecordWriter:
     def _other(self, item: tuple[Any, ...], out: list[str], log: list[str]) -> None:
         try:
             if item[0] == SAMPLE:
-                self._sample(item[1], item[2] if len(item) > 2 else (), out, log)
+                self._sample(item[1], item[2], out, log)
             else:
                 self._object(item[1], out, log)
         except Exception as exc:
