@@ -22,8 +22,12 @@ from __future__ import annotations
 import time
 
 __all__ = [
+    "BACKGROUND_ROUTE",
     "FIELDS",
     "FORMAT_NAME",
+    "HEAP_ENDPOINT_FIELDS",
+    "HEAP_ENGINES",
+    "HEAP_SITE_FIELDS",
     "JSONL_SUFFIX",
     "KINDS",
     "LEVELS",
@@ -44,7 +48,11 @@ __all__ = [
 #: 3: request records are written for the measured requests only (header
 #: ``request_records: "measured"``); ``endpoint_interval`` counts every request,
 #: so calls, errors and durations per endpoint come from there.
-SCHEMA_VERSION = 3
+#: 4: ``heap`` records from the sampled heap engine (live bytes per endpoint and
+#: per endpoint x allocation site, estimated from allocations sampled by bytes);
+#: the header names the engine (``heap_engine``); samples carry ``heap_live_bytes``;
+#: tracemalloc ``snapshot`` records say ``engine: "tracemalloc"``.
+SCHEMA_VERSION = 4
 FORMAT_NAME = "leakyspanner-jsonl"
 
 STEM_PREFIX = "leakyspanner_"
@@ -58,6 +66,12 @@ LEVELS = ("basic", "mid", "deep", "auto")
 UNMATCHED_ROUTE = "<unmatched>"
 #: The bucket used once the number of distinct routes hits its cap.
 OTHER_ROUTE = "<other>"
+#: The heap engine's bucket for allocations made outside any request (startup, threads).
+BACKGROUND_ROUTE = "<background>"
+
+#: Where a session's allocation evidence comes from: the sampled heap engine (C
+#: extension), tracemalloc (the fallback), or none (level basic).
+HEAP_ENGINES = ("sampler", "tracemalloc", "none")
 
 #: First element of a request record array.
 REQUEST_TAG = "r"
@@ -106,6 +120,9 @@ FIELDS: dict[str, dict[str, str]] = {
         "memory_reader": 'str, "statm" or "psutil"',
         "request_fields": "list[str], REQUEST_FIELDS as written in this file",
         "request_records": '"measured" (version 3): a request record per RSS-measured request; absent: every request',
+        "heap_engine": 'str, one of HEAP_ENGINES (version 4; absent before: tracemalloc unless level basic)',
+        "heap_engine_note": "str|null, why the sampler is not used when it was not",
+        "sample_bytes": "int|null, the sampler's mean bytes between samples",
     },
     "sample": {
         "kind": '"sample"',
@@ -131,6 +148,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "requests_dropped": "int, request records dropped because the buffer was full",
         "internal_errors": "int, exceptions caught inside leakyspanner",
         "cgroup_memory_bytes": "int|null, the cgroup's current memory usage",
+        "heap_live_bytes": "int|null, live Python heap estimated by the sampled heap engine (null without it)",
     },
     "endpoint_interval": {
         "kind": '"endpoint_interval"',
@@ -160,9 +178,33 @@ FIELDS: dict[str, dict[str, str]] = {
         "take_s": "float, wall time of tracemalloc.take_snapshot() alone",
         "stall_s": "float, of cost_s, the CPU time the sampler held this process's GIL (all of it inline; fork() and reading the answer when forked); absent in older logs",
         "mode": '"inline" | "fork": where the snapshot was taken; absent in older logs',
+        "engine": '"tracemalloc" (version 4; absent before)',
         "site_fields": 'list[str], ["file", "line", "size_bytes", "count", "size_diff_bytes", "count_diff"]',
         "sites": "list[list], top sites by size and by growth since the previous snapshot",
         "traces": "list[object], deep only: {size_bytes, count, frames: [[file, line], ...]}",
+    },
+    "heap": {
+        "kind": '"heap"',
+        "ts": "float, Unix seconds",
+        "seq": "int, heap snapshot number from 0",
+        "engine": '"sampler"',
+        "sample_bytes": "int, mean bytes between sampled allocations (exponential gaps)",
+        "max_frames": "int, Python frames kept per sampled allocation",
+        "live_bytes": "int, estimated live bytes over every sampled allocation still alive",
+        "live_samples": "int, sampled allocations still alive",
+        "samples_total": "int, allocations sampled since the engine started",
+        "samples_dropped": "int, sampled allocations not tracked because the engine's table was full",
+        "engine_bytes": "int, memory of the engine's own tables",
+        "cost_s": "float, CPU time to take and group this snapshot (GIL held)",
+        "endpoint_fields": "list[str], HEAP_ENDPOINT_FIELDS",
+        "endpoints": "list[list], live bytes per endpoint (request context of the allocation)",
+        "site_fields": "list[str], HEAP_SITE_FIELDS",
+        "sites": "list[list], live bytes per endpoint x allocating line x first application frame (largest first, capped)",
+    },
+    "routes": {
+        "kind": '"routes"',
+        "ts": "float, Unix seconds (written once, at the first request or lifespan startup)",
+        "routes": "list[object], per route: method, route, file, first_line, last_line, function (where the endpoint's code lives)",
     },
     "alert": {
         "kind": '"alert"',
@@ -201,6 +243,15 @@ KINDS = tuple(FIELDS) + ("request",)
 
 #: Field names of a snapshot site row, in order.
 SITE_FIELDS = ("file", "line", "size_bytes", "count", "size_diff_bytes", "count_diff")
+
+#: A heap record's endpoint row: estimated live bytes and objects, and the samples behind them.
+HEAP_ENDPOINT_FIELDS = ("method", "route", "size_bytes", "count", "samples")
+#: A heap record's site row. ``file``/``line``/``function`` is the allocating line
+#: (innermost frame outside leakyspanner); ``app_file``/``app_line`` the first
+#: frame in application code (outside the standard library and installed packages)
+#: when the stack has one: the line that caused an allocation made inside a library.
+HEAP_SITE_FIELDS = ("method", "route", "file", "line", "function", "app_file", "app_line",
+                    "size_bytes", "count", "samples")
 
 
 def session_stem(start_ts: float, pid: int | None = None) -> str:

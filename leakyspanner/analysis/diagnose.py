@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..schema import BACKGROUND_ROUTE
+from .evidence import fit_growth, request_delta_estimates, tagged_endpoint_series, tagged_site_series
 from .load import Sessions
 from .verdict import EndpointAttribution, FixCheck, GrowingSite, LeakKind, Trend, Verdict
 
@@ -30,6 +32,9 @@ _MAX_TREND_POINTS = 400
 _Z90 = 1.645
 _BOOTSTRAP = 120
 _MAX_LEVEL_POINTS = 600
+#: below this wobble of an endpoint's cumulative calls around a straight line (as a
+#: share of its calls), its traffic is steady: a Poisson stream of 1,000 calls wobbles ~1%
+_STEADY_SHARE = 0.03
 
 
 # ---------------------------------------------------------------- statistics
@@ -317,6 +322,161 @@ def _attribute(s: Sessions, sid: str, samples: pd.DataFrame, metric: str, warm_t
     return out
 
 
+def _naive_deltas(s: Sessions, sid: str) -> dict[tuple[str, str], float]:
+    req = s.requests[s.requests["session_id"] == sid]
+    if not len(req):
+        return {}
+    grouped = req.groupby([req["method"].astype(str), req["route"].astype(str)], observed=True)["rss_delta_bytes"]
+    return {(str(k[0]), str(k[1])): float(v) for k, v in grouped.mean().items()}
+
+
+def _sample_bytes(s: Sessions, sid: str) -> float:
+    heaps = s.heaps[s.heaps["session_id"] == sid] if len(s.heaps) else s.heaps
+    if not len(heaps) or "sample_bytes" not in heaps:
+        return 0.0
+    value = heaps["sample_bytes"].astype("float64").median()
+    return float(value) if value == value else 0.0
+
+
+def _tagged_attribution(s: Sessions, sid: str, warm_ts: float, start_ts: float
+                        ) -> tuple[list[EndpointAttribution], float]:
+    """Retained bytes per call from each endpoint's own tagged live samples.
+
+    Each endpoint's estimated live bytes at each heap record, regressed
+    (Theil-Sen) on that endpoint's own cumulative calls. Significant when the
+    band excludes zero, the growth clears the sampling noise, it is still
+    growing in the second half (a warming cache is not), and it rises with
+    calls (Kendall). Also returns the growth of memory allocated outside any
+    request (bytes per second), which no endpoint owns.
+    """
+    ts, series = tagged_endpoint_series(s, sid)
+    if not series:
+        return [], 0.0
+    counts = _call_counts(s, sid)
+    material = max(1 * _MB, 4 * _sample_bytes(s, sid))
+    naive = _naive_deltas(s, sid)
+    fits = []
+    background = 0.0
+    for key, y in series.items():
+        if key[1] == BACKGROUND_ROUTE or key not in counts:
+            fit = fit_growth(ts - start_ts, y, warm_ts - start_ts)
+            if key[1] == BACKGROUND_ROUTE and fit is not None and fit.low > 0 and fit.keeps_growing:
+                background = fit.slope
+            continue
+        x = _calls_at(counts[key], ts)
+        fit = fit_growth(x, y, float(_calls_at(counts[key], warm_ts)))
+        if fit is not None:
+            fits.append((key, fit))
+    total = sum(max(f.growth, 0.0) for _, f in fits) or 1.0
+    out = []
+    for key, fit in fits:
+        significant = bool(fit.low > 0 and fit.growth >= material and fit.keeps_growing and fit.rising >= 0.95)
+        out.append(EndpointAttribution(
+            method=key[0], route=key[1], calls=int(counts[key][1][-1]),
+            retained_bytes_per_call=max(fit.slope, 0.0), low_bytes_per_call=fit.low,
+            high_bytes_per_call=fit.high, naive_avg_delta_bytes=naive.get(key, math.nan),
+            share_of_growth=max(fit.growth, 0.0) / total, significant=significant,
+            evidence="tagged heap samples"))
+    out.sort(key=lambda e: (e.significant, e.share_of_growth), reverse=True)
+    return out, background
+
+
+def _delta_attribution(s: Sessions, sid: str, warm_ts: float, rss: Trend) -> list[EndpointAttribution]:
+    """Retained bytes per call from each endpoint's own measured RSS deltas (native memory)."""
+    g = rss.slope_bytes_per_s if rss.slope_bytes_per_s == rss.slope_bytes_per_s else 0.0
+    estimates = request_delta_estimates(s, sid, warm_ts, g)
+    if not estimates:
+        return []
+    counts = _call_counts(s, sid)
+    after = {key: float(cum[-1] - _calls_at((times, cum), warm_ts)) for key, (times, cum) in counts.items()}
+    span = max(float(s.sessions.loc[s.sessions["session_id"] == sid, "duration_s"].fillna(0).iloc[0]), 1e-9)
+    growth_after = max(g, 0.0) * span * (1 - _WARMUP_FRACTION)
+    contributions = {key: max(e.per_call, 0.0) * after.get(key, e.measured) for key, e in estimates.items()}
+    total = sum(contributions.values()) or 1.0
+    out = []
+    for key, e in estimates.items():
+        contribution = contributions[key]
+        significant = bool(e.per_call - 2.5 * e.stderr > 0 and contribution >= max(0.25 * growth_after, 2 * _MB)
+                           and rss.status == "leaking")
+        out.append(EndpointAttribution(
+            method=key[0], route=key[1], calls=int(counts[key][1][-1]) if key in counts else e.measured,
+            retained_bytes_per_call=max(e.per_call, 0.0), low_bytes_per_call=e.per_call - 1.645 * e.stderr,
+            high_bytes_per_call=e.per_call + 1.645 * e.stderr, naive_avg_delta_bytes=e.raw_mean,
+            share_of_growth=contribution / total, significant=significant, evidence="request RSS deltas"))
+    out.sort(key=lambda a: (a.significant, a.share_of_growth), reverse=True)
+    return out
+
+
+def _collinear(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: float, key: tuple[str, str]) -> bool:
+    """True when ``key``'s traffic barely varied after warm-up: its cumulative calls are
+    a straight line in time, like every other endpoint's under a steady mix, so no
+    regression over time can tell which of them grows memory."""
+    x, keys, ts = _interval_matrix(s, sid, samples)
+    if key not in keys or len(keys) < 2:
+        return False
+    keep = ts > warm_ts
+    target = np.cumsum(x, axis=0)[keep][:, keys.index(key)]
+    t = ts[keep]
+    if len(target) < 4 or target[-1] <= target[0]:
+        return True
+    trend = np.column_stack([t, np.ones(len(t))])
+    detrended = target - trend @ np.linalg.lstsq(trend, target, rcond=None)[0]
+    return float(np.std(detrended)) < _STEADY_SHARE * float(target[-1] - target[0])
+
+
+def _routes_of(s: Sessions, sid: str) -> pd.DataFrame:
+    return s.routes[s.routes["session_id"] == sid] if len(s.routes) else s.routes
+
+
+def _endpoint_of_site(routes: pd.DataFrame, file: str, line: int) -> tuple[str, str] | None:
+    """The endpoint whose function body holds ``file:line`` (recorded once per route at capture)."""
+    if not len(routes):
+        return None
+    hit = routes[(routes["file"].astype(str) == file) & (routes["first_line"] <= line) & (routes["last_line"] >= line)]
+    if not len(hit):
+        return None
+    row = hit.iloc[0]
+    return str(row["method"]), str(row["route"])
+
+
+def _tagged_sites(s: Sessions, sid: str, warm_ts: float) -> list[GrowingSite]:
+    """Allocation sites whose tagged live bytes keep growing with their endpoint's calls."""
+    ts, series, rows = tagged_site_series(s, sid)
+    if not series:
+        return []
+    counts = _call_counts(s, sid)
+    floor = max(256 * 1024, 2 * _sample_bytes(s, sid))
+    meta = rows.drop_duplicates(["site"]).set_index("site")
+    out = []
+    start = float(ts[0]) if len(ts) else 0.0
+    for (method, route, site, app_site), y in series.items():
+        key = (method, route)
+        if key in counts:
+            x = _calls_at(counts[key], ts)
+            warm_x = float(_calls_at(counts[key], warm_ts))
+        else:
+            x, warm_x = ts - start, warm_ts - start
+        fit = fit_growth(x, y, warm_x)
+        if fit is None or fit.growth < floor or fit.low <= 0 or not fit.keeps_growing:
+            continue
+        diffs = np.diff(y[ts >= warm_ts]) if (ts >= warm_ts).sum() >= 3 else np.diff(y)
+        span_s = float(ts[-1] - ts[0]) or math.nan
+        info = meta.loc[site] if site in meta.index else None
+        file = str(info["file"]) if info is not None else site.rsplit(":", 1)[0]
+        line = int(info["line"]) if info is not None and pd.notna(info["line"]) else 0
+        function = str(info["function"]) if info is not None and pd.notna(info["function"]) else None
+        per_call_route = f"{method} {route}".strip() if key in counts else None
+        out.append(GrowingSite(
+            site=site, file=file, line=line, first_size_bytes=int(fit.first), last_size_bytes=int(fit.last),
+            growth_bytes=int(fit.growth), growth_per_snapshot_bytes=fit.growth / max(1, fit.points - 1),
+            growth_per_hour_bytes=fit.growth / span_s * 3600 if span_s == span_s else math.nan,
+            rising_fraction=round(float((diffs > 0).mean()) if len(diffs) else 0.0, 3), count_growth=0,
+            bytes_per_call=fit.slope if key in counts else None, per_call_route=per_call_route,
+            function=function, app_site=app_site, evidence="tagged heap samples"))
+    out.sort(key=lambda g: g.growth_bytes, reverse=True)
+    return out[:15]
+
+
 # ---------------------------------------------------------------- sites
 def _sites(s: Sessions, sid: str, candidates: Sequence[EndpointAttribution], warm_ts: float) -> list[GrowingSite]:
     sites = s.sites[s.sites["session_id"] == sid] if len(s.sites) else s.sites
@@ -526,22 +686,91 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
     req_after = int(sum(cum[-1] - _calls_at((times, cum), warm_ts) for times, cum in counts))
     rss = _trend("rss_bytes", t, samples["rss_bytes"].to_numpy(dtype=float, na_value=np.nan), req_after)
     traced = None
-    if "traced_bytes" in samples and samples["traced_bytes"].notna().sum() >= _MIN_SAMPLES:
-        tr = samples[["elapsed_s", "traced_bytes"]].dropna()
-        traced = _trend("traced_bytes", tr["elapsed_s"].to_numpy(dtype=float, na_value=np.nan),
-                        tr["traced_bytes"].to_numpy(dtype=float, na_value=np.nan), req_after)
+    for heap_metric in ("traced_bytes", "heap_live_bytes"):
+        if heap_metric in samples and samples[heap_metric].notna().sum() >= _MIN_SAMPLES:
+            tr = samples[["elapsed_s", heap_metric]].dropna()
+            traced = _trend(heap_metric, tr["elapsed_s"].to_numpy(dtype=float, na_value=np.nan),
+                            tr[heap_metric].to_numpy(dtype=float, na_value=np.nan), req_after)
+            break
     # Attribute on traced memory when it carries the growth (far less noisy), else on RSS.
     basis = "rss_bytes"
-    if (traced is not None and traced.status == "leaking" and samples["traced_bytes"].notna().all()
+    if (traced is not None and traced.metric == "traced_bytes" and traced.status == "leaking"
+            and samples["traced_bytes"].notna().all()
             and (rss.slope_bytes_per_s <= 0 or traced.slope_bytes_per_s >= 0.5 * rss.slope_bytes_per_s)):
         basis = "traced_bytes"
-    endpoints = _attribute(sessions, sid, samples, basis, warm_ts) if len(samples) else []
+    notes: list[str] = []
+    reasons: list[str] = []
+    tagged, background_growth = _tagged_attribution(sessions, sid, warm_ts, start_ts)
+    regression = _attribute(sessions, sid, samples, basis, warm_ts) if len(samples) else []
     kinds = _kinds(sessions, sid, samples, rss, traced)
+    # RSS growth the Python heap does not explain is native: only per-request RSS deltas see it
+    heap_explains = (traced is not None and traced.status != "not enough data" and rss.slope_bytes_per_s > 0
+                     and traced.slope_bytes_per_s >= 0.5 * rss.slope_bytes_per_s)
+    deltas = _delta_attribution(sessions, sid, warm_ts, rss) if rss.status == "leaking" and not heap_explains else []
+    suspect_regression = next((e for e in regression if e.significant), None)
+    if suspect_regression is not None and _collinear(sessions, sid, samples, warm_ts,
+                                                     (suspect_regression.method, suspect_regression.route)):
+        for e in regression:
+            e.significant = False
+        notes.append("the traffic mix was too steady for a regression over time to tell endpoints apart "
+                     "(their calls rose in proportion)")
+    sources = [("tagged heap samples", tagged), ("request RSS deltas", deltas), ("regression on calls", regression)]
+    endpoints: list[EndpointAttribution] = []
+    attribution = ""
+    for name, rows in sources:
+        if any(e.significant for e in rows):
+            attribution = name
+            endpoints = list(rows)
+            break
+    if not endpoints:
+        endpoints = list(tagged or deltas or regression)
+    # a second leak of another kind shows beside the first
+    named = {(e.method, e.route) for e in endpoints if e.significant}
+    for name, rows in sources:
+        if name != attribution:
+            extra = [e for e in rows if e.significant and (e.method, e.route) not in named]
+            endpoints += extra
+            named |= {(e.method, e.route) for e in extra}
+    endpoints.sort(key=lambda e: (e.significant, e.share_of_growth * (e.significant or 0)), reverse=True)
+
+    sites = _tagged_sites(sessions, sid, warm_ts) if tagged else []
+    if not sites:
+        candidates = [e for e in endpoints if e.significant] or ([endpoints[0]] if endpoints else [])
+        sites = _sites(sessions, sid, candidates, warm_ts)
+        routes = _routes_of(sessions, sid)
+        for g in sites:  # a site inside an endpoint's own function belongs to that endpoint
+            owner = _endpoint_of_site(routes, g.file, g.line)
+            if owner is not None:
+                calls = _call_counts(sessions, sid).get(owner)
+                made = float(calls[1][-1] - _calls_at(calls, warm_ts)) if calls is not None else 0.0
+                g.per_call_route = f"{owner[0]} {owner[1]}".strip()
+                g.bytes_per_call = g.growth_bytes / made if made > 0 else None
+        if not attribution and sites and sites[0].per_call_route and routes is not None and len(routes):
+            owner = _endpoint_of_site(routes, sites[0].file, sites[0].line)
+            if owner is not None:
+                for e in endpoints:
+                    if (e.method, e.route) == owner:
+                        e.significant, e.evidence = True, "site in endpoint code"
+                        if sites[0].bytes_per_call:
+                            e.retained_bytes_per_call = float(sites[0].bytes_per_call)
+                        attribution = "site in endpoint code"
+                endpoints.sort(key=lambda e: e.significant, reverse=True)
+
     resource_leak = any(k.kind in ("asyncio_tasks", "file_descriptors", "threads", "gc_uncollectable") for k in kinds)
-    memory_leak = rss.status == "leaking" or (traced is not None and traced.status == "leaking")
+    tagged_leak = attribution == "tagged heap samples"
+    memory_leak = rss.status == "leaking" or (traced is not None and traced.status == "leaking") or tagged_leak
     leaking = memory_leak or resource_leak
+    if tagged_leak and not any(k.kind == "python_heap" for k in kinds):
+        kinds.insert(0, LeakKind(
+            "python_heap", "Python heap: an endpoint's own sampled allocations keep growing with its calls",
+            {"endpoint": f"{endpoints[0].method} {endpoints[0].route}"},
+            ["Follow the growing allocation sites below to the object that is kept alive.",
+             "Typical culprits: module-level lists/dicts, caches without a size bound (use functools.lru_cache(maxsize=...)), objects stored on app.state or in closures."]))
+    growing_lines = [g for g in sites if g.growth_bytes > 0]
     if leaking:
         status = "leaking"
+    elif growing_lines and rss.status != "plateau":
+        status = "possible leak"
     elif rss.status in ("plateau", "sawtooth", "not enough data"):
         status = rss.status
     else:
@@ -549,23 +778,53 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
     if not leaking:  # endpoints stay in the table; none is called a leaker
         for e in endpoints:
             e.significant = False
+        attribution = ""
     suspect = next((e for e in endpoints if e.significant), None)
-    candidates = [e for e in endpoints if e.significant] or ([endpoints[0]] if endpoints else [])
-    sites = _sites(sessions, sid, candidates, warm_ts) if leaking else []
-    notes = [f"attribution basis: {basis}"]
+    if background_growth > 0:
+        notes.append(f"memory allocated outside any request grows {background_growth * 3600 / _MB:.1f} MB/hour")
+    if attribution:
+        notes.append(f"the suspect was named by {attribution}")
+    notes.append(f"attribution basis: {basis}")
     dropped = info.get("requests_dropped")
     if pd.notna(dropped) and float(dropped) > 0:
         notes.append(f"{int(info['requests_dropped'])} request records were dropped (buffer full)")
+    confidence = _confidence(rss, traced, attribution, suspect, len(samples), duration, reasons)
     headline = _headline(status, rss, traced, suspect, sites, kinds)
     return Verdict(session_id=sid, status=status, leaking=leaking, headline=headline, rss=rss, traced=traced,
                    endpoints=endpoints, sites=sites, kinds=kinds, requests=n_requests,
-                   duration_s=duration, notes=notes)
+                   duration_s=duration, notes=notes, attribution=attribution, confidence=confidence,
+                   confidence_reasons=reasons)
+
+
+def _confidence(rss: Trend, traced: Trend | None, attribution: str, suspect: EndpointAttribution | None,
+                n_samples: int, duration_s: float, reasons: list[str]) -> str:
+    """How far the evidence goes, with the reasons a reader can act on."""
+    if n_samples < 20:
+        reasons.append(f"only {n_samples} samples: run longer for a firmer verdict")
+    if duration_s < 60:
+        reasons.append(f"a short session ({duration_s:.0f} s)")
+    if attribution == "regression on calls":
+        reasons.append("the endpoint was named by a regression over time, which needs traffic that varies")
+    if suspect is None and rss.status == "leaking":
+        reasons.append("memory grows but no endpoint could be named")
+    if traced is None:
+        reasons.append("no allocation data (level basic): the kind and the line cannot be told")
+    if attribution == "tagged heap samples" and n_samples >= 20:
+        return "high" if duration_s >= 60 or suspect is not None else "medium"
+    if attribution in ("request RSS deltas", "tagged heap samples", "site in endpoint code"):
+        return "medium"
+    return "low" if reasons else "medium"
 
 
 def _headline(status: str, rss: Trend, traced: Trend | None, suspect: EndpointAttribution | None,
               sites: Sequence[GrowingSite], kinds: Sequence[LeakKind]) -> str:
     if status == "not enough data":
         return "Not enough data yet: let the session run for more sampling intervals."
+    if status == "possible leak":
+        top = sites[0]
+        where = f" ({top.per_call_route})" if top.per_call_route else ""
+        return (f"Possible leak: {top.site}{where} grew {_fmt_bytes(top.growth_bytes, True)} across the session, "
+                "but process memory does not show lasting growth yet: run longer to confirm.")
     if status == "plateau":
         return ("No leak: memory rose during warm-up and then levelled off "
                 f"({_fmt_bytes(rss.end_bytes)} RSS at the end), as bounded caches and pools do.")
@@ -582,9 +841,12 @@ def _headline(status: str, rss: Trend, traced: Trend | None, suspect: EndpointAt
     else:
         parts.append("Leaking resources")
     if suspect is not None:
-        parts.append(f"{suspect.method} {suspect.route} retains ≈{_fmt_bytes(suspect.retained_bytes_per_call)} per call")
+        parts.append(f"{suspect.method} {suspect.route} retains ≈{_fmt_bytes(suspect.retained_bytes_per_call)} per call"
+                     f" ({suspect.evidence})")
     if sites:
-        parts.append(f"top growing site {sites[0].site} ({_fmt_bytes(sites[0].growth_bytes, True)})")
+        caused = (f", caused by {sites[0].app_site}" if sites[0].app_site and sites[0].app_site != sites[0].site
+                  else "")
+        parts.append(f"top growing site {sites[0].site} ({_fmt_bytes(sites[0].growth_bytes, True)}{caused})")
     if kinds:
         parts.append(f"kind: {kinds[0].kind.replace('_', ' ')}")
     return "; ".join(parts) + "."
@@ -636,7 +898,9 @@ def compare(before: Sessions, after: Sessions | None = None, *, before_id: str |
 # ---------------------------------------------------------------- text
 def format_verdict(v: Verdict) -> str:
     """The verdict in plain words with its evidence, for a terminal."""
-    lines = [f"session {v.session_id}: {v.status.upper()}", "", v.headline, ""]
+    lines = [f"session {v.session_id}: {v.status.upper()} (confidence {v.confidence})", "", v.headline, ""]
+    if v.confidence_reasons:
+        lines += ["Why not more certain: " + "; ".join(v.confidence_reasons) + ".", ""]
     r = v.rss
     lines.append("Memory trend after warm-up (Theil-Sen, 90% band):")
     for trend in (r, v.traced):
@@ -651,7 +915,8 @@ def format_verdict(v: Verdict) -> str:
             f"[{trend.slope_low_bytes_per_s * 3600 / _MB:+.1f} .. {trend.slope_high_bytes_per_s * 3600 / _MB:+.1f}]"
             f"{per}; {_fmt_bytes(trend.start_bytes)} -> {_fmt_bytes(trend.end_bytes)}; confidence {trend.confidence:.2f}")
     if v.endpoints:
-        lines += ["", "Retained bytes per call (regression of growth per interval on calls; naive = mean request delta):",
+        evidence = v.attribution or v.endpoints[0].evidence
+        lines += ["", f"Retained bytes per call (from {evidence}; naive = mean request delta):",
                   f"  {'endpoint':<40} {'calls':>7} {'retained/call':>14} {'90% band':>22} {'naive avg':>11}"]
         for e in v.endpoints[:10]:
             mark = " <- leaks" if e.significant else ""
@@ -660,11 +925,14 @@ def format_verdict(v: Verdict) -> str:
             lines.append(f"  {name[:40]:<40} {e.calls:>7} {_fmt_bytes(e.retained_bytes_per_call):>14} "
                          f"{band:>22} {_fmt_bytes(e.naive_avg_delta_bytes, True):>11}{mark}")
     if v.sites:
-        lines += ["", "Growing allocation sites (tracemalloc, size keeps rising across snapshots):"]
+        lines += ["", f"Growing allocation sites ({v.sites[0].evidence}, size keeps rising across snapshots):"]
         for g in v.sites[:8]:
             per = f", {_fmt_bytes(g.bytes_per_call)} per call of {g.per_call_route}" if g.bytes_per_call else ""
-            lines.append(f"  {_fmt_bytes(g.growth_bytes, True):>10}  {g.site}  (+{g.count_growth} blocks, "
+            blocks = f"+{g.count_growth} blocks, " if g.count_growth else ""
+            lines.append(f"  {_fmt_bytes(g.growth_bytes, True):>10}  {g.site}  ({blocks}"
                          f"rising in {g.rising_fraction:.0%} of snapshots{per})")
+            if g.app_site and g.app_site != g.site:
+                lines.append(f"{'':14}caused by {g.app_site}")
     if v.kinds:
         lines += ["", "Kind of leak:"]
         for k in v.kinds:

@@ -94,6 +94,7 @@ def _unit_type(name: str) -> str:
     return "float" if name == "ts" or name.endswith("_s") else "int"
 
 
+_HEAP_SITE_TEXT = ("file", "function", "app_file")
 _ENDPOINT_FIELDS = [n.strip() for n in schema.FIELDS["summary"]["endpoints"].split(":", 1)[1].split(",")]
 _SPECS: dict[str, list[tuple[str, str, Any]]] = {
     "sessions": [
@@ -123,13 +124,25 @@ _SPECS: dict[str, list[tuple[str, str, Any]]] = {
     "alerts": _record_spec("alert"),
     "events": _record_spec("event"),
     "endpoints": [("session_id", "str", None), *[(n, _unit_type(n), n) for n in _ENDPOINT_FIELDS]],
+    "heaps": _record_spec("heap"),
+    "heap_endpoints": [("session_id", "str", None), ("heap_seq", "int", None), ("ts", "float", None),
+                       ("elapsed_s", "float", None),
+                       *[(n, "category" if n in _CATEGORICAL else "int", None) for n in schema.HEAP_ENDPOINT_FIELDS]],
+    "heap_sites": [("session_id", "str", None), ("heap_seq", "int", None), ("ts", "float", None),
+                   ("elapsed_s", "float", None),
+                   *[(n, "category" if n in _CATEGORICAL else "str" if n in _HEAP_SITE_TEXT else "int", None)
+                     for n in schema.HEAP_SITE_FIELDS],
+                   ("site", "str", None), ("app_site", "str", None)],
+    "routes": [("session_id", "str", None), ("method", "str", None), ("route", "str", None),
+               ("file", "str", None), ("first_line", "int", None), ("last_line", "int", None),
+               ("function", "str", None)],
 }
 _REQUEST_SPEC = [("session_id", "str"), *[(n, _unit_type(n)) for n in schema.REQUEST_FIELDS],
                  ("time", "time"), ("elapsed_s", "float"),
                  *[(delta, "int") for delta, _, _ in _REQUEST_DELTAS]]
 # Record kind -> frame, for kinds that become one row per record.
 _RECORD_FRAMES = {"sample": "samples", "endpoint_interval": "intervals", "snapshot": "snapshots",
-                  "alert": "alerts", "event": "events"}
+                  "alert": "alerts", "event": "events", "heap": "heaps"}
 
 
 # ------------------------------------------------------------- typed columns
@@ -392,6 +405,25 @@ class _Collector:
                 self._row("traces", {**common, "rank": rank, "size_bytes": trace.get("size_bytes"),
                                      "count": trace.get("count"), "site": labels[0] if labels else None,
                                      "traceback": " <- ".join(labels) if labels else None})
+        for heap in by_kind.get("heap", ()):
+            ts, seq = heap.get("ts"), heap.get("seq")
+            common = {"session_id": sid, "heap_seq": seq, "ts": ts, "elapsed_s": _minus(ts, start_ts)}
+            names = heap.get("endpoint_fields") or schema.HEAP_ENDPOINT_FIELDS
+            for row in heap.get("endpoints") or ():
+                if isinstance(row, list):
+                    self._row("heap_endpoints", {**dict(zip(names, row)), **common})
+            names = heap.get("site_fields") or schema.HEAP_SITE_FIELDS
+            for row in heap.get("sites") or ():
+                if isinstance(row, list):
+                    values = dict(zip(names, row))
+                    app = (f"{values.get('app_file')}:{values.get('app_line')}"
+                           if values.get("app_file") is not None else None)
+                    self._row("heap_sites", {**values, **common, "site": f"{values.get('file')}:{values.get('line')}",
+                                             "app_site": app})
+        for routes in by_kind.get("routes", ())[-1:]:
+            for route in routes.get("routes") or ():
+                if isinstance(route, dict):
+                    self._row("routes", {**route, "session_id": sid})
         summaries = by_kind.get("summary")
         for endpoint in (summaries[-1].get("endpoints") or ()) if summaries else ():
             if isinstance(endpoint, dict):
@@ -490,7 +522,11 @@ class Sessions:
     ``alerts``, ``events`` one row per record of that kind; ``requests`` one
     row per request; ``tasks`` one row per (sample, coroutine); ``sites`` and
     ``traces`` one row per entry of a snapshot; ``endpoints`` the summary's
-    per-endpoint totals; ``skipped`` the (path, line, reason) left out.
+    per-endpoint totals; ``heaps`` one row per heap record of the sampled heap
+    engine, ``heap_endpoints`` and ``heap_sites`` one row per entry of one
+    (estimated live bytes per endpoint, and per endpoint x allocating line x
+    application line); ``routes`` where each endpoint's code lives;
+    ``skipped`` the (path, line, reason) left out.
     Frozen so a selection can never be mistaken for the whole: :meth:`select`
     and :meth:`between` return new objects.
     """
@@ -506,6 +542,10 @@ class Sessions:
     alerts: pd.DataFrame
     events: pd.DataFrame
     endpoints: pd.DataFrame
+    heaps: pd.DataFrame
+    heap_endpoints: pd.DataFrame
+    heap_sites: pd.DataFrame
+    routes: pd.DataFrame
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
 
     def _frames(self) -> Iterator[tuple[str, pd.DataFrame]]:

@@ -71,6 +71,9 @@ class EndpointAttribution(_Dict):
     naive_avg_delta_bytes: float     # mean of per-request RSS deltas (what 0.1.x reported)
     share_of_growth: float           # fraction of the explained growth
     significant: bool                # interval excludes zero and the estimate is material
+    #: what the estimate comes from: "tagged heap samples" (the endpoint's own sampled
+    #: allocations), "request RSS deltas", "regression on calls" or "site in endpoint code"
+    evidence: str = "regression on calls"
 
 
 @dataclass
@@ -89,6 +92,9 @@ class GrowingSite(_Dict):
     count_growth: int
     bytes_per_call: float | None     # growth / calls of the suspect endpoint in the same window
     per_call_route: str | None
+    function: str | None = None      # the allocating function, when the engine records it
+    app_site: str | None = None      # first frame in application code ("caused by"), when known
+    evidence: str = "tracemalloc"    # "tagged heap samples" or "tracemalloc"
 
 
 @dataclass
@@ -106,7 +112,7 @@ class Verdict(_Dict):
     """The answer for one session: is it leaking, where, how much, what kind."""
 
     session_id: str
-    status: str                      # "leaking" | "plateau" | "sawtooth" | "no leak" | "not enough data"
+    status: str                      # "leaking" | "possible leak" | "plateau" | "sawtooth" | "no leak" | "not enough data"
     leaking: bool
     headline: str                    # one plain sentence
     rss: Trend
@@ -117,6 +123,12 @@ class Verdict(_Dict):
     requests: int
     duration_s: float
     notes: list[str] = field(default_factory=list)
+    #: which evidence named the suspect ("tagged heap samples", "request RSS deltas",
+    #: "site in endpoint code", "regression on calls") or "" when none was named
+    attribution: str = ""
+    #: "high" | "medium" | "low": how far the evidence goes; ``confidence_reasons`` says why
+    confidence: str = "low"
+    confidence_reasons: list[str] = field(default_factory=list)
 
     @property
     def suspect(self) -> EndpointAttribution | None:

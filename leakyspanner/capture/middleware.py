@@ -28,9 +28,11 @@ import random
 import tracemalloc
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from . import heap
+from .heapsites import TAG_VAR
 from .writer import REQUEST
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ __all__ = ["LeakyspannerMiddleware"]
 
 _get_traced = tracemalloc.get_traced_memory
 _random = random.random
+_RequestTag = heap.RequestTag if heap.AVAILABLE else None
+_METHOD_CODES = heap.METHOD_CODES
+_OTHER_METHOD = heap.METHOD_CODES["OTHER"]
 #: requests are counted per window (at least this long, closed by the first request
 #: after it); the next window measures each request with probability
 #: target rate / the rate the last window saw, so an idle gap counts as slow traffic
@@ -54,7 +59,8 @@ class _Exchange:
     costs a traceback capture on the request path.
     """
 
-    __slots__ = ("p", "send", "scope", "method", "root_before", "t0", "rss0", "tr0", "in0", "status", "done")
+    __slots__ = ("p", "send", "scope", "method", "root_before", "t0", "rss0", "tr0", "in0", "status", "done",
+                 "tag")
     p: Profiler
     send: Send
     scope: Scope
@@ -66,6 +72,7 @@ class _Exchange:
     in0: int
     status: int
     done: bool
+    tag: Any  # the heap engine's RequestTag while it runs, else None
 
     def __call__(self, message: Message) -> Awaitable[None]:
         """Look at the message, then hand back the server's own awaitable.
@@ -124,6 +131,8 @@ class _Exchange:
             counter[2] += duration
             if duration > counter[3]:
                 counter[3] = duration
+            if self.tag is not None:  # allocations from now on (spawned tasks) keep the route
+                self.tag.close(key)
             if rss0 is not None:
                 tr0 = self.tr0
                 tr1 = _get_traced()[0] if tr0 is not None and tracemalloc.is_tracing() else None
@@ -166,6 +175,12 @@ class LeakyspannerMiddleware:
             x.method = scope.get("method", "GET") if scope_type == "http" else "WS"
             x.status = 0
             x.done = False
+            if p._heap_tags and _RequestTag is not None:
+                # the sampled heap engine reads the route from this tag when it samples an allocation
+                x.tag = tag = _RequestTag(scope, _METHOD_CODES.get(x.method, _OTHER_METHOD))
+                token = TAG_VAR.set(tag)
+            else:
+                x.tag = None
             p._inflight += 1
             x.in0 = p._inflight
             x.t0 = t0 = perf_counter()
@@ -194,6 +209,12 @@ class LeakyspannerMiddleware:
             if not x.done:
                 x.finish()
             raise
+        finally:
+            if x.tag is not None:
+                try:
+                    TAG_VAR.reset(token)
+                except Exception:  # the app switched contexts under us: the task's end drops it anyway
+                    pass
         if not x.done:
             if x.status == 0 and scope_type == "websocket":
                 x.status = 1000
@@ -205,7 +226,12 @@ class LeakyspannerMiddleware:
 
         async def receive_watching() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.startup":
+            if message["type"] == "lifespan.shutdown":
+                try:  # the last sample before the app's own shutdown hooks close clients or re-enable gc
+                    p._before_shutdown()
+                except Exception as exc:
+                    p._internal_error("lifespan", exc)
+            elif message["type"] == "lifespan.startup":
                 try:
                     p._first_request(asyncio.get_running_loop())
                 except Exception as exc:

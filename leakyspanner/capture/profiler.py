@@ -26,8 +26,9 @@ from ..schema import (
     SCHEMA_VERSION,
     session_stem,
 )
-from . import humanlog
+from . import heap, humanlog
 from .allocations import SNAPSHOT_MODES
+from .heapsites import HeapSites
 from .middleware import LeakyspannerMiddleware
 from .procmem import ProcessReader, cgroup_memory_limit_bytes
 from .routes import METHODS, RouteNamer
@@ -43,6 +44,12 @@ _MAX_FAST_COUNTERS = 4096  # (route object, method) pairs the request path finds
 #: library's allocation to the caller in the app, at about half the per-allocation
 #: cost of the seed's 10 (``traceback_frames=10`` buys that depth back).
 _FRAMES = {"mid": 1, "auto": 1, "deep": 5, "basic": 0}
+#: Which engine finds the allocation sites: ``auto`` takes the sampled heap engine
+#: (C extension) where it is built and tracemalloc elsewhere.
+ALLOCATORS = ("auto", "sampler", "tracemalloc")
+#: deep samples this many times more often than mid, with more frames
+_DEEP_SAMPLE_DIVISOR = 8
+_DEEP_MAX_FRAMES = 64
 
 
 def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
@@ -76,6 +83,8 @@ class Profiler:
         snapshot_mode: str = "auto",
         traceback_frames: int | None = None,
         request_rss_interval_seconds: float = 0.005,
+        allocator: str = "auto",
+        sample_bytes: int | None = None,
         proc_root: str = "/proc",
     ) -> None:
         if level not in LEVELS:
@@ -83,6 +92,13 @@ class Profiler:
         if snapshot_mode not in SNAPSHOT_MODES:
             raise ValueError(f"snapshot_mode must be one of {', '.join(map(repr, SNAPSHOT_MODES))}; "
                              f"got {snapshot_mode!r}")
+        if allocator not in ALLOCATORS:
+            raise ValueError(f"allocator must be one of {', '.join(map(repr, ALLOCATORS))}; got {allocator!r}")
+        if sample_bytes is not None:
+            _check_number("sample_bytes", sample_bytes, minimum=1, integer=True)
+        if allocator == "sampler" and not heap.AVAILABLE:
+            raise ValueError(f"allocator='sampler' is not available here: {heap.UNAVAILABLE_REASON}; "
+                             "use allocator='auto' (falls back to tracemalloc) or 'tracemalloc'")
         if not isinstance(log_path, (str, os.PathLike)):
             raise ValueError(f"log_path must be a str or path, got {log_path!r}")
         _check_number("interval_seconds", interval_seconds, minimum=0.01)
@@ -112,6 +128,14 @@ class Profiler:
         self.snapshot_mode = snapshot_mode
         self.traceback_frames = int(traceback_frames or _FRAMES.get(level, 1) or 1)
         self.request_rss_interval_seconds = float(request_rss_interval_seconds)
+        #: the engine that finds allocation sites: "sampler", "tracemalloc" or "none" (basic)
+        self.heap_engine = "none" if level == "basic" else (
+            "sampler" if allocator != "tracemalloc" and heap.AVAILABLE else "tracemalloc")
+        self.heap_engine_note = (heap.UNAVAILABLE_REASON
+                                 if level != "basic" and allocator == "auto" and not heap.AVAILABLE else None)
+        default_sample = heap.DEFAULT_SAMPLE_BYTES // (_DEEP_SAMPLE_DIVISOR if level == "deep" else 1)
+        self.sample_bytes = int(sample_bytes or default_sample)
+        self.heap_max_frames = _DEEP_MAX_FRAMES if level == "deep" else heap.DEFAULT_MAX_FRAMES
         self._proc_root = proc_root
         self._config = {
             "level": level, "log_path": str(log_path), "interval_seconds": self.interval_seconds,
@@ -122,10 +146,14 @@ class Profiler:
             "max_buffered_records": max_buffered_records, "snapshot_mode": snapshot_mode,
             "traceback_frames": self.traceback_frames,
             "request_rss_interval_seconds": self.request_rss_interval_seconds,
+            "allocator": allocator, "sample_bytes": self.sample_bytes,
         }
         # read by the middleware on every request
         self._active = False
         self._tracing = False
+        #: requests carry a tag for the sampled heap engine (it runs)
+        self._heap_tags = False
+        self._heap: HeapSites | None = None
         self._loop: Any = None
         self._inflight = 0
         self._buffer: deque[tuple[Any, ...]] = deque()
@@ -139,6 +167,7 @@ class Profiler:
         self._counts: dict[int, dict[str, list[Any]]] = {}
         self._n_fast = 0
         self._routes = RouteNamer(app)
+        self._routes_written = False
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
         # RSS sampling (see middleware): target measured requests per second, current probability, window
@@ -216,6 +245,7 @@ class Profiler:
         self._inflight = 0
         self._counters, self._counts, self._n_fast = {}, {}, 0
         self._routes = RouteNamer(self.app)
+        self._routes_written = False
         self._writer = RecordWriter(
             self._buffer, jsonl, log,
             perf_to_wall=time.time() - time.perf_counter(),
@@ -229,13 +259,17 @@ class Profiler:
             "baseline_rss_bytes": self.baseline_rss_bytes, "baseline_vms_bytes": baseline_vms,
             "cgroup_memory_limit_bytes": self.cgroup_limit_bytes, "memory_reader": self.reader.source,
             "request_fields": list(REQUEST_FIELDS), "request_records": "measured",
+            "heap_engine": self.heap_engine, "heap_engine_note": self.heap_engine_note,
+            "sample_bytes": self.sample_bytes if self.heap_engine == "sampler" else None,
         }
         self._writer.write_lines(
             [json.dumps(header, separators=(",", ":")) + "\n"],
             humanlog.header_lines(__version__, start_ts, self._platform, self.level, self.interval_seconds,
                                   self.leak_threshold_mb, self.baseline_rss_bytes, jsonl_path.name),
         )
-        if self.level in ("mid", "deep"):
+        if self.heap_engine == "sampler":
+            self._start_heap()
+        elif self.level in ("mid", "deep"):
             self._set_tracing(True, f"level={self.level}")
         self._sampler = Sampler(
             self, self.interval_seconds, self.snapshot_interval_seconds,
@@ -257,6 +291,7 @@ class Profiler:
             try:
                 if self._sampler is not None:
                     self._sampler.stop()
+                self._stop_heap()
                 self._set_tracing(False, "session stopped")
                 writer = self._writer
                 if writer is not None:
@@ -270,6 +305,16 @@ class Profiler:
                 self._close_files()
                 if self.reader is not None:
                     self.reader.close()
+
+    def _before_shutdown(self) -> None:
+        """Take the session's closing sample now, before the app's shutdown hooks run.
+
+        Hooks that close clients, cancel tasks or re-enable gc would otherwise
+        make the leak vanish from the last point of the session.
+        """
+        sampler = self._sampler
+        if self._active and sampler is not None:
+            sampler.stop()
 
     def _summary(self, writer: RecordWriter) -> dict[str, Any]:
         now = time.time()
@@ -320,6 +365,10 @@ class Profiler:
         if self._pid != os.getpid():
             self._after_fork_restart()
         self._loop = loop
+        if not self._routes_written and self._active:
+            self._routes_written = True
+            self._buffer.append((OBJECT, {"kind": "routes", "ts": round(time.time(), 4),
+                                          "routes": self._routes.code_ranges()}))
 
     def _after_fork_restart(self) -> None:
         # Threads do not survive fork and /proc/self fds point at the parent:
@@ -338,6 +387,40 @@ class Profiler:
         if self._active:
             self._buffer.append((OBJECT, {"kind": "event", "ts": round(time.time(), 4), "event": "forked",
                                           "detail": "new session after fork"}))
+
+    def _start_heap(self) -> None:
+        """Start (or join) the sampled heap engine; tracemalloc is the fallback if it will not start."""
+        heap_sites = HeapSites(self.sample_bytes, self.heap_max_frames, self._route_name)
+        try:
+            heap_sites.start()
+        except Exception as exc:
+            self.heap_engine = "tracemalloc"
+            self.heap_engine_note = f"the sampled heap engine did not start ({type(exc).__name__}: {exc})"
+            self._event("heap_engine_fallback", self.heap_engine_note)
+            logger.warning("leakyspanner: %s; using tracemalloc", self.heap_engine_note)
+            if self.level in ("mid", "deep"):
+                self._set_tracing(True, f"level={self.level}")
+            return
+        self._heap = heap_sites
+        self._heap_tags = True
+        self._event("heap_sampling_started",
+                    f"sampled heap engine: one sample per {self.sample_bytes} bytes on average, "
+                    f"{self.heap_max_frames} frames")
+
+    def _stop_heap(self) -> None:
+        self._heap_tags = False
+        heap_sites, self._heap = self._heap, None
+        if heap_sites is not None:
+            heap_sites.stop()
+
+    def _route_name(self, route_id: int, method: str) -> str | None:
+        """The template of the route object at ``route_id`` (an address the heap engine stored)."""
+        by_method = self._counts.get(route_id)
+        if by_method is not None:
+            counter = by_method.get(method) or next(iter(by_method.values()), None)
+            if counter is not None:
+                return str(counter[4][1])
+        return self._routes.name_by_id(route_id)
 
     def _set_tracing(self, on: bool, why: str) -> None:
         if on and not tracemalloc.is_tracing():
@@ -378,7 +461,8 @@ class Profiler:
             "active": self._active, "level": self.level, "session_id": self.session_id,
             "rss_bytes": rss, "baseline_rss_bytes": self.baseline_rss_bytes,
             "rss_delta_bytes": None if rss is None else rss - self.baseline_rss_bytes,
-            "tracing": self._tracing,
+            "tracing": self._tracing, "heap_engine": self.heap_engine,
+            "heap_live_bytes": self._heap.live_bytes() if self._heap is not None else None,
             "traced_bytes": tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None,
             "inflight": self._inflight,
             "requests_total": sum(c[0] for c in list(self._counters.values())),
@@ -424,11 +508,14 @@ def leakyspanner(
 ) -> Profiler | None:
     """Attach the leak profiler to a FastAPI/Starlette ``app`` and start a session.
 
-    Levels: ``basic`` (endpoint memory deltas, no tracemalloc), ``mid``
-    (+ tracemalloc top allocation sites, 1 frame), ``deep`` (+ 5-frame
-    tracebacks of the top traces), ``auto`` (basic until RSS grows by
-    ``leak_threshold_mb``, then tracemalloc for a bounded window: the one to
-    use in production). Bad arguments raise ``ValueError`` here; after this
+    Levels: ``basic`` (endpoint counts and RSS deltas only), ``mid`` and
+    ``auto`` (+ the sampled heap engine: live bytes per endpoint and per
+    allocation site, from allocations sampled by bytes and tagged with the
+    request that made them), ``deep`` (the same, sampled 8x more often with
+    64 frames). Where the C extension is not built they fall back to
+    tracemalloc (mid: 1 frame; deep: 5 frames; auto: tracemalloc for a window
+    once RSS grows by ``leak_threshold_mb``) and say so in the log.
+    ``allocator="tracemalloc"`` forces that path. Bad arguments raise ``ValueError`` here; after this
     call nothing leakyspanner does can raise into the app. With
     ``enabled=False`` the app is left exactly as it was and None is returned.
     Advanced keywords: snapshot_interval_seconds, snapshot_cpu_budget,
@@ -438,12 +525,14 @@ def leakyspanner(
     1-100; default 1, deep 5), request_rss_interval_seconds (under load
     RSS is read, and a request record written, for a random sample of about
     one request per this many seconds, default 0.005; 0 measures and records
-    every request; every request is counted either way).
+    every request; every request is counted either way), allocator
+    (``auto``, ``sampler``, ``tracemalloc``), sample_bytes (the sampler's
+    mean bytes between samples).
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"enabled must be True or False, got {enabled!r}")
     allowed = {"snapshot_interval_seconds", "snapshot_cpu_budget", "auto_window_seconds", "max_buffered_records",
-               "snapshot_mode", "traceback_frames", "request_rss_interval_seconds"}
+               "snapshot_mode", "traceback_frames", "request_rss_interval_seconds", "allocator", "sample_bytes"}
     unknown = sorted(set(advanced) - allowed)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; valid advanced arguments: {', '.join(sorted(allowed))}")

@@ -54,6 +54,35 @@ class RouteNamer:
             self._endpoints = out
         return self._endpoints
 
+    def name_by_id(self, target_id: int) -> str | None:
+        """The template of a route, endpoint or app known only by its id (the heap engine stores addresses)."""
+        template = self._walked.get(target_id)
+        if template is not None:
+            return template
+        hit = self._endpoint_map().get(target_id)
+        return hit[1] if hit is not None else None
+
+    def code_ranges(self, limit: int = 1000) -> list[dict[str, object]]:
+        """Per route, where its endpoint function's code lives: a growing site inside
+        that range belongs to that endpoint even when nothing else tells."""
+        out: list[dict[str, object]] = []
+        seen: set[int] = set()
+        for target, template in list(self._endpoint_map().values()):
+            endpoint = getattr(target, "endpoint", None)
+            code = getattr(endpoint, "__code__", None)
+            if code is None or id(code) in seen:
+                continue
+            seen.add(id(code))
+            lines = [line for _, _, line in code.co_lines() if line is not None]
+            methods = sorted(getattr(target, "methods", None) or ()) or [""]
+            for method in methods:
+                out.append({"method": method, "route": template, "file": code.co_filename,
+                            "first_line": code.co_firstlineno, "last_line": max(lines, default=code.co_firstlineno),
+                            "function": getattr(code, "co_qualname", code.co_name)})
+            if len(out) >= limit:
+                break
+        return out
+
     def is_static(self, route: object, endpoint: object) -> bool:
         """True when the template of this target never depends on the root path."""
         return id(route if route is not None else endpoint) in self._walked

@@ -23,6 +23,11 @@ __all__ = ["Sampler", "count_tasks"]
 
 logger = logging.getLogger("leakyspanner")
 _TOP_CORO = 20
+#: Samples come this often (at most) for the first ``_EARLY_S`` of a session, so a
+#: one-minute run has enough points for a verdict; the human log keeps the
+#: configured cadence.
+_EARLY_INTERVAL_S = 1.0
+_EARLY_S = 60.0
 
 
 def _coro_name(task: asyncio.Task[Any]) -> str:
@@ -89,6 +94,8 @@ class Sampler:
         self._budget_since = clock()  # snapshot work since then must stay within the budget
         self._auto_trigger_rss = profiler.baseline_rss_bytes
         self._auto_until: float | None = None
+        self._started_at = clock()
+        self._last_human = -float("inf")
         reader = profiler.reader
         self.sites = SiteTracker(top_n=profiler.top_stats_count,
                                  deep_traces=profiler.top_stats_count if profiler.level == "deep" else 0,
@@ -111,9 +118,15 @@ class Sampler:
         if self._p._tracing:
             self._guarded(self._snapshot)  # the closing picture of the session
 
+    def _wait_s(self) -> float:
+        """Seconds to the next sample: often early in the session, then the configured interval."""
+        if self._clock() - self._started_at < _EARLY_S:
+            return min(self._interval_s, _EARLY_INTERVAL_S)
+        return self._interval_s
+
     def _run(self) -> None:
         niceness.lower_this_thread()  # the event loop goes first on a shared core
-        while not self._stopped.wait(self._interval_s):
+        while not self._stopped.wait(self._wait_s()):
             self._guarded(self.tick)
 
     def _guarded(self, fn: Callable[[], None]) -> None:
@@ -150,11 +163,21 @@ class Sampler:
             "asyncio_tasks": n_tasks, "asyncio_tasks_by_coro": by_coro,
             "inflight": p._inflight, "internal_errors": p.internal_errors,
             "cgroup_memory_bytes": cgroup_memory_bytes() if p.cgroup_limit_bytes else None,
+            "heap_live_bytes": None,
         }
+        heap_record = p._heap.record() if p._heap is not None else None
+        if heap_record is not None:
+            record["heap_live_bytes"] = heap_record["live_bytes"]
         self._seq += 1
-        p._buffer.append((SAMPLE, record, _copy_counters(p._counters)))
+        # the human log keeps the configured cadence while early samples come faster
+        human = self._stopped.is_set() or now - self._last_human >= 0.95 * self._interval_s
+        if human:
+            self._last_human = now
+        p._buffer.append((SAMPLE, record, _copy_counters(p._counters), human))
+        if heap_record is not None:
+            p._buffer.append((OBJECT, {"kind": "heap", "ts": round(now, 4), **heap_record}))
         self._alerts(now, rss)
-        if p.level == "auto":
+        if p.level == "auto" and p.heap_engine == "tracemalloc":
             self._auto(now, rss)
         if p._tracing and self._snapshot_due(now) and not self._stopped.is_set():
             self._snapshot()

@@ -31,8 +31,9 @@ logger = logging.getLogger("leakyspanner")
 
 #: (REQUEST, t0, duration, (method, route), status, rss0, rss1, tr0, tr1, in0, in1): a measured request
 REQUEST = 0
-#: (SAMPLE, record_dict, counters): counters are copies of the request path's
-#: [calls, errors, duration sum, duration max, (method, route)], cumulative but the max
+#: (SAMPLE, record_dict, counters, human): counters are copies of the request path's
+#: [calls, errors, duration sum, duration max, (method, route)], cumulative but the max;
+#: human says whether the sample also gets a line in the human log
 SAMPLE = 1
 OBJECT = 2   # (OBJECT, record_dict): snapshot, alert, event
 
@@ -166,7 +167,7 @@ class RecordWriter:
     def _other(self, item: tuple[Any, ...], out: list[str], log: list[str]) -> None:
         try:
             if item[0] == SAMPLE:
-                self._sample(item[1], item[2], out, log)
+                self._sample(item[1], item[2], out, log, item[3])
             else:
                 self._object(item[1], out, log)
         except Exception as exc:
@@ -227,7 +228,8 @@ class RecordWriter:
         self.requests_total += n
         out.append(_request_lines(n) % tuple(values))
 
-    def _sample(self, record: dict[str, Any], counters: Any, out: list[str], log: list[str]) -> None:
+    def _sample(self, record: dict[str, Any], counters: Any, out: list[str], log: list[str],
+                human: bool = True) -> None:
         """The sample, then one ``endpoint_interval`` per endpoint called or measured since the last one."""
         intervals: dict[tuple[str, str], list[Any]] = {}
         endpoints = self._endpoints
@@ -261,8 +263,9 @@ class RecordWriter:
             }) + "\n")
         self._fold_measured()
         self._interval_start = record["ts"]
-        log.append(humanlog.sample_line(record["ts"], rss, record["vms_bytes"],
-                                        record["rss_delta_bytes"], record["gc_count"]))
+        if human:
+            log.append(humanlog.sample_line(record["ts"], rss, record["vms_bytes"],
+                                            record["rss_delta_bytes"], record["gc_count"]))
 
     def _fold_measured(self) -> None:
         """Add this interval's measured requests to the session totals."""

@@ -23,7 +23,7 @@ def _request(t0: float, status: int = 200, rss: tuple[int, int] = (10, 10), key:
 
 def _sample(seq: int, ts: float, counters: list | None = None) -> tuple:
     return (SAMPLE, {"kind": "sample", "seq": seq, "ts": ts, "rss_bytes": 100, "vms_bytes": 200,
-                     "rss_delta_bytes": 0, "gc_count": [0, 0, 0]}, counters or [])
+                     "rss_delta_bytes": 0, "gc_count": [0, 0, 0]}, counters or [], True)
 
 
 def _writer(buffer: deque, errors: list | None = None) -> tuple[RecordWriter, io.StringIO]:
