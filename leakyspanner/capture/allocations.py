@@ -183,6 +183,7 @@ def _read_child(read_fd: int, pid: int, timeout_s: float) -> bytes:
     """The child's answer, or TimeoutError/ChildProcessError; always reaps the child."""
     chunks = []
     deadline = time.monotonic() + timeout_s
+    answered = False
     try:
         while True:
             left = deadline - time.monotonic()
@@ -191,10 +192,16 @@ def _read_child(read_fd: int, pid: int, timeout_s: float) -> bytes:
                 raise TimeoutError(f"snapshot child gave no answer within {timeout_s:.0f} s; killed")
             chunk = os.read(read_fd, 1 << 20)
             if not chunk:
+                answered = True
                 break
             chunks.append(chunk)
     finally:
         os.close(read_fd)
+        if not answered:  # interrupted (a signal, a timeout): never wait for a child that may hang
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         _, wait_status = os.waitpid(pid, 0)
     if wait_status != 0:
         raise ChildProcessError(f"snapshot child exited with status {wait_status}")
@@ -219,6 +226,7 @@ class SiteTracker:
         self._fork_s_per_byte = _FORK_S_PER_BYTE
         self._fork_failures = 0
         self.last_error: str | None = None  # why the last fork attempt failed, for an event
+        self.child_timeout_s: float | None = None  # a forked child's time limit (None: scaled to its work)
 
     def reset(self) -> None:
         """Forget the previous snapshot (tracing was switched off in between)."""
@@ -270,7 +278,8 @@ class SiteTracker:
         os.close(write_fd)
         if rss > 0:  # learn this machine's fork cost per byte of RSS (moving average)
             self._fork_s_per_byte = 0.5 * self._fork_s_per_byte + 0.5 * stall_s / rss
-        payload = _read_child(read_fd, pid, max(_CHILD_TIMEOUT_S, 20 * self.predicted_cost_s()))
+        timeout_s = self.child_timeout_s or max(_CHILD_TIMEOUT_S, 20 * self.predicted_cost_s())
+        payload = _read_child(read_fd, pid, timeout_s)
         c1 = time.thread_time()
         head_len = int.from_bytes(payload[:8], "little")
         record, take_s, blocks, child_cpu_s = marshal.loads(payload[8:8 + head_len])

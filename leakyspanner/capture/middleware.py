@@ -51,6 +51,17 @@ _OTHER_METHOD = heap.METHOD_CODES["OTHER"]
 _WINDOW_S = 0.1
 
 
+#: the loop of an app served by another async library (trio through anyio): no tasks to count
+NOT_ASYNCIO = object()
+
+
+def _running_loop() -> object:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return NOT_ASYNCIO
+
+
 class _Exchange:
     """One request in flight: the app's ``send``, watching the messages go by.
 
@@ -166,7 +177,7 @@ class LeakyspannerMiddleware:
             return
         try:
             if p._loop is None:
-                p._first_request(asyncio.get_running_loop())
+                p._first_request(_running_loop())
             x = _Exchange()
             x.p = p
             x.send = send
@@ -233,7 +244,7 @@ class LeakyspannerMiddleware:
                     p._internal_error("lifespan", exc)
             elif message["type"] == "lifespan.startup":
                 try:
-                    p._first_request(asyncio.get_running_loop())
+                    p._first_request(_running_loop())
                 except Exception as exc:
                     p._internal_error("lifespan", exc)
             return message

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
+import math
 import os
 import platform
+import signal
 import socket
 import threading
 import time
 import tracemalloc
 import weakref
 from collections import deque
+from json import dumps as _json_dumps  # bound at import: a test mocking json.dumps never sees us
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,11 +54,15 @@ _DEEP_SAMPLE_DIVISOR = 8
 _DEEP_MAX_FRAMES = 64
 
 
-def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
+def _check_number(name: str, value: object, *, minimum: float, integer: bool = False,
+                  maximum: float = 1e15) -> None:
+    """Finite, in range, the right type: inf or 1e300 would kill a thread later, not fail here."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
         expected = "an integer" if integer else "a number"
         raise ValueError(f"{name} must be {expected} >= {minimum}, got {value!r}")
+    if not math.isfinite(value) or value > maximum:
+        raise ValueError(f"{name} must be a finite number <= {maximum:g}, got {value!r}")
 
 
 class Profiler:
@@ -101,8 +107,8 @@ class Profiler:
                              "use allocator='auto' (falls back to tracemalloc) or 'tracemalloc'")
         if not isinstance(log_path, (str, os.PathLike)):
             raise ValueError(f"log_path must be a str or path, got {log_path!r}")
-        _check_number("interval_seconds", interval_seconds, minimum=0.01)
-        _check_number("leak_threshold_mb", leak_threshold_mb, minimum=0)
+        _check_number("interval_seconds", interval_seconds, minimum=0.01, maximum=86_400)
+        _check_number("leak_threshold_mb", leak_threshold_mb, minimum=0, maximum=1e9)
         _check_number("top_stats_count", top_stats_count, minimum=1, integer=True)
         _check_number("snapshot_cpu_budget", snapshot_cpu_budget, minimum=1e-6)
         _check_number("max_buffered_records", max_buffered_records, minimum=1, integer=True)
@@ -112,9 +118,9 @@ class Profiler:
                 raise ValueError(f"traceback_frames must be an integer from 1 to 100, got {traceback_frames!r}")
         _check_number("request_rss_interval_seconds", request_rss_interval_seconds, minimum=0)
         if snapshot_interval_seconds is not None:
-            _check_number("snapshot_interval_seconds", snapshot_interval_seconds, minimum=0.01)
+            _check_number("snapshot_interval_seconds", snapshot_interval_seconds, minimum=0.01, maximum=86_400)
         if auto_window_seconds is not None:
-            _check_number("auto_window_seconds", auto_window_seconds, minimum=0.01)
+            _check_number("auto_window_seconds", auto_window_seconds, minimum=0.01, maximum=30 * 86_400)
         self.app = app
         self.level = level
         self.log_path = Path(log_path)
@@ -215,16 +221,8 @@ class Profiler:
         try:
             self.log_path.mkdir(parents=True, exist_ok=True)
             start_ts = time.time()
-            stem = session_stem(start_ts)
-            if (self.log_path / (stem + JSONL_SUFFIX)).exists() or (self.log_path / (stem + LOG_SUFFIX)).exists():
-                stem = session_stem(start_ts, self._pid)
+            jsonl, stem = self._open_new_session_file(start_ts)
             jsonl_path = self.log_path / (stem + JSONL_SUFFIX)
-            try:
-                jsonl = open(jsonl_path, "x", encoding="utf-8")
-            except FileExistsError:  # another worker started in the same second
-                stem = session_stem(start_ts, self._pid)
-                jsonl_path = self.log_path / (stem + JSONL_SUFFIX)
-                jsonl = open(jsonl_path, "x", encoding="utf-8")
             log_path = self.log_path / (stem + LOG_SUFFIX)
             self._files = [jsonl]
             log = open(log_path, "x", encoding="utf-8", errors="replace")
@@ -263,7 +261,7 @@ class Profiler:
             "sample_bytes": self.sample_bytes if self.heap_engine == "sampler" else None,
         }
         self._writer.write_lines(
-            [json.dumps(header, separators=(",", ":")) + "\n"],
+            [_json_dumps(header, separators=(",", ":")) + "\n"],
             humanlog.header_lines(__version__, start_ts, self._platform, self.level, self.interval_seconds,
                                   self.leak_threshold_mb, self.baseline_rss_bytes, jsonl_path.name),
         )
@@ -281,8 +279,28 @@ class Profiler:
         _register_exit_hooks(self)
         return True
 
+    def _open_new_session_file(self, start_ts: float) -> tuple[IO[str], str]:
+        """A ``.jsonl`` no other session has: the plain stem, then with the pid, then numbered
+        (another worker, or a stop and start, in the same second)."""
+        base = session_stem(start_ts)
+        stems = [base, session_stem(start_ts, self._pid)]
+        stems += [f"{stems[1]}_{n}" for n in range(2, 1000)]
+        for stem in stems:
+            if (self.log_path / (stem + LOG_SUFFIX)).exists():
+                continue
+            try:
+                return open(self.log_path / (stem + JSONL_SUFFIX), "x", encoding="utf-8"), stem
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free session file name for {base} in {self.log_path}")
+
     def stop(self) -> None:
         """Stop sampling, flush every record, write the summary; idempotent, never raises."""
+        if self._pid != os.getpid():
+            # a process the app forked (a helper that exits with sys.exit): the session and
+            # its files belong to the parent; write nothing into them
+            self._active = False
+            return
         with self._lock:
             if not self._active or self._stopped:
                 return
@@ -297,7 +315,7 @@ class Profiler:
                 if writer is not None:
                     writer.stop()
                     summary = self._summary(writer)
-                    writer.write_lines([json.dumps(summary, separators=(",", ":")) + "\n"],
+                    writer.write_lines([_json_dumps(summary, separators=(",", ":")) + "\n"],
                                        humanlog.summary_lines(summary, self._platform))
             except Exception as exc:
                 self._internal_error("stop", exc)
@@ -487,12 +505,28 @@ def _stop_all() -> None:
         profiler.stop()
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Write every session's summary, then die of SIGTERM as the default handler would."""
+    _stop_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGTERM)
+
+
 def _register_exit_hooks(profiler: Profiler) -> None:
     global _hooks_registered
     _live.add(profiler)
     if not _hooks_registered:
         _hooks_registered = True
         atexit.register(_stop_all)  # fallback when no lifespan shutdown runs
+        # SIGTERM skips atexit. uvicorn without a watched lifespan shuts down, restores the
+        # handler it found and raises the signal again: with this one in place the session
+        # still ends with its summary. Only where nobody else handles SIGTERM.
+        try:
+            if (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):
+            pass
 
 
 def leakyspanner(

@@ -28,6 +28,9 @@ _TOP_CORO = 20
 #: configured cadence.
 _EARLY_INTERVAL_S = 1.0
 _EARLY_S = 60.0
+#: shutdown stays bounded: the thread's last tick gets this long, a closing snapshot this long
+_STOP_JOIN_S = 2.0
+_CLOSING_SNAPSHOT_MAX_S = 1.0
 
 
 def _coro_name(task: asyncio.Task[Any]) -> str:
@@ -42,8 +45,8 @@ def count_tasks(loop: asyncio.AbstractEventLoop | None) -> tuple[int | None, dic
     ``asyncio.all_tasks`` retries when the task set changes under it, so the
     loop is never asked to do anything and never waits for us.
     """
-    if loop is None or loop.is_closed():
-        return None, {}
+    if not isinstance(loop, asyncio.AbstractEventLoop) or loop.is_closed():
+        return None, {}  # none yet, or trio (no asyncio tasks to count)
     tasks = asyncio.all_tasks(loop)
     by_name: dict[str, int] = {}
     for task in tasks:
@@ -113,10 +116,15 @@ class Sampler:
         self._stopped.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
+            thread.join(timeout=_STOP_JOIN_S)
         self._guarded(self.tick)
         if self._p._tracing:
-            self._guarded(self._snapshot)  # the closing picture of the session
+            # the closing picture of the session, only if it fits the shutdown bound
+            if self.sites.predicted_cost_s() <= _CLOSING_SNAPSHOT_MAX_S:
+                self.sites.child_timeout_s = _CLOSING_SNAPSHOT_MAX_S
+                self._guarded(self._snapshot)
+            else:
+                self._p._event("snapshot_skipped", "the closing snapshot would hold shutdown too long")
 
     def _wait_s(self) -> float:
         """Seconds to the next sample: often early in the session, then the configured interval."""

@@ -1,0 +1,1184 @@
+/* leakyspanner.capture._heap: a sampled heap profiler engine.
+ *
+ * Hooks the MEM and OBJ allocator domains, chaining to whatever allocators are
+ * in place (pymalloc, the debug hooks, tracemalloc). Allocations are sampled by
+ * bytes as a Poisson process: a countdown of exponentially distributed gaps with
+ * mean sample_bytes, so an allocation of s bytes is sampled with probability
+ * p = 1 - exp(-s / sample_bytes) and stands for s / p bytes. A sampled
+ * allocation records its request tag (route, method) and an interned Python
+ * stack in a hash table keyed by pointer, removed again when the block is freed.
+ *
+ * Everything the hooks touch is global state protected by the GIL: the MEM and
+ * OBJ domains are only called with it held. Our own tables use libc malloc,
+ * never PyMem_* / PyObject_*, so they never re-enter the hooks.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__GNUC__)
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* initial-exec: a plain %fs-relative load instead of a __tls_get_addr call. */
+#define THREAD_LOCAL static __thread __attribute__((tls_model("initial-exec")))
+#else
+#define LIKELY(x) (x)
+#define UNLIKELY(x) (x)
+#define THREAD_LOCAL static _Thread_local
+#endif
+
+#if defined(Py_GIL_DISABLED) || PY_VERSION_HEX < 0x030A0000 || PY_VERSION_HEX >= 0x030E0000
+#define SUPPORTED 0
+#else
+#define SUPPORTED 1
+#endif
+
+#if SUPPORTED
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define IS_FINALIZING() Py_IsFinalizing()
+#define CURRENT_TSTATE() PyThreadState_GetUnchecked()
+#else
+#define IS_FINALIZING() _Py_IsFinalizing()
+#define CURRENT_TSTATE() _PyThreadState_UncheckedGet()
+#endif
+
+#define MAX_FRAMES_LIMIT 128
+#define MAX_STACKS 65536          /* stack ids, the overflow id 0 included */
+#define MAX_FRAME_RECORDS 262144  /* distinct (file, line, qualname) */
+#define MIN_TABLE_SLOTS 1024
+#define OVERFLOW_STACK 0
+#define FIB 0x9E3779B97F4A7C15ULL
+
+/* ---------------------------------------------------------------- state */
+
+typedef struct hook_ctx {
+    PyMemAllocatorEx prev;
+    struct hook_ctx *next; /* every context ever made, so none is ever freed (see install) */
+} hook_ctx_t;
+
+typedef struct {
+    uintptr_t route_id;
+    uint64_t size;
+    double inv_p;      /* 1 / inclusion probability */
+    uint32_t stack_id;
+    uint32_t method;
+} sample_t;
+
+typedef struct {
+    PyObject *filename;
+    PyObject *name;
+    int lineno;
+    uint32_t hash;
+} frame_rec_t;
+
+typedef struct {
+    uint32_t hash;
+    uint32_t nframes;
+    uint32_t frame_ids[];
+} stack_rec_t;
+
+/* An open-addressing index of ids: slot = (hash32 << 32) | (id + 1), 0 when empty. */
+typedef struct {
+    uint64_t *slots;
+    size_t mask;
+    size_t count;
+} id_index_t;
+
+static hook_ctx_t *g_ctx[2];        /* our install per domain (MEM, OBJ); NULL when not installed */
+static hook_ctx_t *g_all_ctx;
+static const PyMemAllocatorDomain g_domains[2] = {PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
+
+static int g_running;
+static int64_t g_countdown = INT64_MAX; /* bytes to the next sample point */
+static int g_probing, g_probe_seen;
+static uint64_t g_rng;
+
+static long long g_sample_bytes;
+static double g_mean;
+static int g_max_frames;
+static size_t g_max_samples;
+static PyObject *g_tag_var;
+
+/* live samples: keys and values in parallel, so a free's probe touches only g_keys */
+static void **g_keys;
+static sample_t *g_vals;
+static size_t g_mask, g_live;
+static unsigned g_shift;
+static double g_live_est_bytes;
+static uint64_t g_samples_total, g_samples_dropped;
+
+static frame_rec_t *g_frames;
+static uint32_t g_nframes, g_frames_cap;
+static id_index_t g_frame_index;
+static stack_rec_t **g_stacks;
+static uint32_t g_nstacks, g_stacks_cap;
+static size_t g_stack_bytes;
+static id_index_t g_stack_index;
+static uint64_t g_stacks_dropped;
+
+THREAD_LOCAL int t_reentrant;
+
+static PyObject *g_key_route, *g_key_endpoint;
+static PyTypeObject RequestTag_Type;
+
+/* ---------------------------------------------------------------- random gaps */
+
+static uint64_t
+splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += FIB);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static void
+seed_rng(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t s = ((uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 32);
+    g_rng = splitmix64(&s);
+}
+
+/* A child must not draw the same gaps as its parent. */
+static void
+atfork_child(void)
+{
+    seed_rng();
+}
+
+/* ceil of an exponential variate of mean g_mean: P(gap <= s) = 1 - exp(-s / mean) for integer s */
+static int64_t
+next_gap(void)
+{
+    double u = (double)((splitmix64(&g_rng) >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
+    double gap = ceil(-log(u) * g_mean);
+    if (gap < 1.0)
+        return 1;
+    if (gap > 9.0e18)
+        return INT64_MAX;
+    return (int64_t)gap;
+}
+
+/* ---------------------------------------------------------------- id index */
+
+static int
+index_init(id_index_t *ix, size_t cap)
+{
+    ix->slots = calloc(cap, sizeof(uint64_t));
+    if (ix->slots == NULL)
+        return -1;
+    ix->mask = cap - 1;
+    ix->count = 0;
+    return 0;
+}
+
+static void
+index_free(id_index_t *ix)
+{
+    free(ix->slots);
+    ix->slots = NULL;
+    ix->mask = 0;
+    ix->count = 0;
+}
+
+static size_t
+index_bytes(const id_index_t *ix)
+{
+    return ix->slots ? (ix->mask + 1) * sizeof(uint64_t) : 0;
+}
+
+/* Keeps the load at most 1/2; -1 when memory is short (the index stays usable). */
+static int
+index_insert(id_index_t *ix, uint32_t hash, uint32_t id)
+{
+    if ((ix->count + 1) * 2 > ix->mask + 1) {
+        size_t cap = (ix->mask + 1) * 2;
+        uint64_t *slots = calloc(cap, sizeof(uint64_t));
+        if (slots == NULL)
+            return -1;
+        for (size_t i = 0; i <= ix->mask; i++) {
+            uint64_t v = ix->slots[i];
+            if (v == 0)
+                continue;
+            size_t j = (size_t)(v >> 32) & (cap - 1);
+            while (slots[j] != 0)
+                j = (j + 1) & (cap - 1);
+            slots[j] = v;
+        }
+        free(ix->slots);
+        ix->slots = slots;
+        ix->mask = cap - 1;
+    }
+    size_t j = hash & ix->mask;
+    while (ix->slots[j] != 0)
+        j = (j + 1) & ix->mask;
+    ix->slots[j] = ((uint64_t)hash << 32) | ((uint64_t)id + 1);
+    ix->count++;
+    return 0;
+}
+
+static inline uint64_t
+mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xFF51AFD7ED558CCDULL;
+    x ^= x >> 33;
+    x *= 0xC4CEB9FE1A85EC53ULL;
+    return x ^ (x >> 33);
+}
+
+/* ---------------------------------------------------------------- frames and stacks */
+
+/* The id of (filename, name, lineno), interned with strong references; UINT32_MAX when full. */
+static uint32_t
+intern_frame(PyObject *filename, PyObject *name, int lineno)
+{
+    uint32_t hash = (uint32_t)mix64((uintptr_t)filename ^ ((uint64_t)(uintptr_t)name * FIB) ^
+                                    ((uint64_t)(uint32_t)lineno << 17));
+    for (size_t j = hash & g_frame_index.mask;; j = (j + 1) & g_frame_index.mask) {
+        uint64_t v = g_frame_index.slots[j];
+        if (v == 0)
+            break;
+        if ((uint32_t)(v >> 32) != hash)
+            continue;
+        frame_rec_t *f = &g_frames[(uint32_t)v - 1];
+        if (f->filename == filename && f->name == name && f->lineno == lineno)
+            return (uint32_t)v - 1;
+    }
+    if (g_nframes >= MAX_FRAME_RECORDS)
+        return UINT32_MAX;
+    if (g_nframes == g_frames_cap) {
+        uint32_t cap = g_frames_cap * 2;
+        frame_rec_t *frames = realloc(g_frames, cap * sizeof(frame_rec_t));
+        if (frames == NULL)
+            return UINT32_MAX;
+        g_frames = frames;
+        g_frames_cap = cap;
+    }
+    if (index_insert(&g_frame_index, hash, g_nframes) < 0)
+        return UINT32_MAX;
+    frame_rec_t *f = &g_frames[g_nframes];
+    Py_INCREF(filename);
+    Py_INCREF(name);
+    f->filename = filename;
+    f->name = name;
+    f->lineno = lineno;
+    f->hash = hash;
+    return g_nframes++;
+}
+
+/* The id of a sequence of frame ids, innermost first; OVERFLOW_STACK when the table is full. */
+static uint32_t
+intern_stack(const uint32_t *ids, uint32_t n)
+{
+    uint64_t h = 0x243F6A8885A308D3ULL ^ n;
+    for (uint32_t i = 0; i < n; i++)
+        h = mix64(h ^ ids[i]);
+    uint32_t hash = (uint32_t)h;
+    for (size_t j = hash & g_stack_index.mask;; j = (j + 1) & g_stack_index.mask) {
+        uint64_t v = g_stack_index.slots[j];
+        if (v == 0)
+            break;
+        if ((uint32_t)(v >> 32) != hash)
+            continue;
+        stack_rec_t *s = g_stacks[(uint32_t)v - 1];
+        if (s->nframes == n && memcmp(s->frame_ids, ids, n * sizeof(uint32_t)) == 0)
+            return (uint32_t)v - 1;
+    }
+    if (g_nstacks >= MAX_STACKS)
+        goto dropped;
+    if (g_nstacks == g_stacks_cap) {
+        uint32_t cap = g_stacks_cap * 2;
+        stack_rec_t **stacks = realloc(g_stacks, cap * sizeof(stack_rec_t *));
+        if (stacks == NULL)
+            goto dropped;
+        g_stacks = stacks;
+        g_stacks_cap = cap;
+    }
+    size_t size = sizeof(stack_rec_t) + n * sizeof(uint32_t);
+    stack_rec_t *s = malloc(size);
+    if (s == NULL)
+        goto dropped;
+    if (index_insert(&g_stack_index, hash, g_nstacks) < 0) {
+        free(s);
+        goto dropped;
+    }
+    s->hash = hash;
+    s->nframes = n;
+    memcpy(s->frame_ids, ids, n * sizeof(uint32_t));
+    g_stacks[g_nstacks] = s;
+    g_stack_bytes += size;
+    return g_nstacks++;
+dropped:
+    g_stacks_dropped++;
+    return OVERFLOW_STACK;
+}
+
+/* The current thread's Python stack, innermost first, as an interned stack id.
+   Materializes frame objects (3.11+), so it runs with t_reentrant set. */
+static uint32_t
+capture_stack(PyThreadState *tstate)
+{
+    uint32_t ids[MAX_FRAMES_LIMIT];
+    uint32_t n = 0;
+    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
+    while (frame != NULL && n < (uint32_t)g_max_frames) {
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        int lineno = PyFrame_GetLineNumber(frame);
+#if PY_VERSION_HEX >= 0x030B0000
+        PyObject *name = code->co_qualname;
+#else
+        PyObject *name = code->co_name;
+#endif
+        /* the frame keeps its code, and so both strings, alive until interned */
+        uint32_t id = intern_frame(code->co_filename, name, lineno < 0 ? 0 : lineno);
+        Py_DECREF(code);
+        if (id == UINT32_MAX) {
+            Py_DECREF(frame);
+            g_stacks_dropped++;
+            return OVERFLOW_STACK;
+        }
+        ids[n++] = id;
+        if (n == (uint32_t)g_max_frames)
+            break;
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    Py_XDECREF(frame);
+    return intern_stack(ids, n);
+}
+
+static int
+stacks_init(void)
+{
+    g_frames_cap = 256;
+    g_frames = malloc(g_frames_cap * sizeof(frame_rec_t));
+    g_stacks_cap = 256;
+    g_stacks = malloc(g_stacks_cap * sizeof(stack_rec_t *));
+    if (g_frames == NULL || g_stacks == NULL || index_init(&g_frame_index, 512) < 0 ||
+        index_init(&g_stack_index, 512) < 0)
+        return -1;
+    g_nframes = 0;
+    g_nstacks = 0;
+    g_stack_bytes = 0;
+    g_stacks_dropped = 0;
+    /* id 0: where samples go once the stack table is full */
+    PyObject *file = PyUnicode_InternFromString("<too many stacks>");
+    PyObject *empty = PyUnicode_InternFromString("");
+    if (file == NULL || empty == NULL) {
+        Py_XDECREF(file);
+        Py_XDECREF(empty);
+        return -1;
+    }
+    uint32_t id = intern_frame(file, empty, 0);
+    Py_DECREF(file);
+    Py_DECREF(empty);
+    if (id == UINT32_MAX || intern_stack(&id, 1) != OVERFLOW_STACK)
+        return -1;
+    return 0;
+}
+
+static void
+stacks_free(void)
+{
+    for (uint32_t i = 0; i < g_nstacks; i++)
+        free(g_stacks[i]);
+    free(g_stacks);
+    g_stacks = NULL;
+    g_nstacks = g_stacks_cap = 0;
+    g_stack_bytes = 0;
+    index_free(&g_stack_index);
+    frame_rec_t *frames = g_frames;
+    uint32_t nframes = g_nframes;
+    g_frames = NULL;
+    g_nframes = g_frames_cap = 0;
+    index_free(&g_frame_index);
+    /* last: a decref may free a string, which goes through our (now idle) free hook */
+    for (uint32_t i = 0; i < nframes; i++) {
+        Py_DECREF(frames[i].filename);
+        Py_DECREF(frames[i].name);
+    }
+    free(frames);
+}
+
+/* ---------------------------------------------------------------- sample table */
+
+static inline size_t
+ptr_slot(const void *p)
+{
+    return (size_t)(((uint64_t)(uintptr_t)p * FIB) >> g_shift);
+}
+
+static int
+samples_alloc(size_t cap)
+{
+    void **keys = calloc(cap, sizeof(void *));
+    sample_t *vals = malloc(cap * sizeof(sample_t));
+    if (keys == NULL || vals == NULL) {
+        free(keys);
+        free(vals);
+        return -1;
+    }
+    void **old_keys = g_keys;
+    sample_t *old_vals = g_vals;
+    size_t old_cap = g_keys ? g_mask + 1 : 0;
+    unsigned bits = 0;
+    while (((size_t)1 << bits) < cap)
+        bits++;
+    g_keys = keys;
+    g_vals = vals;
+    g_mask = cap - 1;
+    g_shift = 64 - bits;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old_keys[i] == NULL)
+            continue;
+        size_t j = ptr_slot(old_keys[i]);
+        while (keys[j] != NULL)
+            j = (j + 1) & g_mask;
+        keys[j] = old_keys[i];
+        vals[j] = old_vals[i];
+    }
+    free(old_keys);
+    free(old_vals);
+    return 0;
+}
+
+static void
+samples_free(void)
+{
+    g_live = 0; /* first: the free hook probes only while g_live != 0 */
+    g_live_est_bytes = 0.0;
+    free(g_keys);
+    free(g_vals);
+    g_keys = NULL;
+    g_vals = NULL;
+    g_mask = 0;
+}
+
+/* Backward-shift deletion: no tombstones, so a miss ends at the first empty slot. */
+static void
+remove_at(size_t i)
+{
+    g_live--;
+    g_live_est_bytes = g_live ? g_live_est_bytes - (double)g_vals[i].size * g_vals[i].inv_p : 0.0;
+    for (size_t j = (i + 1) & g_mask; g_keys[j] != NULL; j = (j + 1) & g_mask) {
+        size_t home = ptr_slot(g_keys[j]);
+        if (((j - home) & g_mask) >= ((j - i) & g_mask)) {
+            g_keys[i] = g_keys[j];
+            g_vals[i] = g_vals[j];
+            i = j;
+        }
+    }
+    g_keys[i] = NULL;
+}
+
+static inline void
+untrack(const void *p)
+{
+    for (size_t i = ptr_slot(p);; i = (i + 1) & g_mask) {
+        const void *k = g_keys[i];
+        if (k == p) {
+            remove_at(i);
+            return;
+        }
+        if (k == NULL)
+            return;
+    }
+}
+
+static void
+track(void *p, size_t size, uintptr_t route_id, uint32_t method, uint32_t stack_id)
+{
+    size_t i = ptr_slot(p);
+    while (g_keys[i] != NULL && g_keys[i] != p)
+        i = (i + 1) & g_mask;
+    if (g_keys[i] == p) {
+        /* a free we never saw (a block handed between allocators): replace it */
+        remove_at(i);
+    }
+    if (g_live >= g_max_samples) {
+        g_samples_dropped++;
+        return;
+    }
+    if ((g_live + 1) * 2 > g_mask + 1) {
+        if (samples_alloc((g_mask + 1) * 2) < 0) {
+            g_samples_dropped++;
+            return;
+        }
+    }
+    for (i = ptr_slot(p); g_keys[i] != NULL; i = (i + 1) & g_mask)
+        ;
+    double inv_p = 1.0 / -expm1(-(double)size / g_mean);
+    g_keys[i] = p;
+    g_vals[i].route_id = route_id;
+    g_vals[i].size = size;
+    g_vals[i].inv_p = inv_p;
+    g_vals[i].stack_id = stack_id;
+    g_vals[i].method = method;
+    g_live++;
+    g_live_est_bytes += (double)size * inv_p;
+}
+
+/* ---------------------------------------------------------------- request tags */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *scope; /* NULL once closed */
+    uintptr_t route_id;
+    int method_code;
+} RequestTagObject;
+
+/* id() of scope["route"], else of scope["endpoint"], else 0; allocates nothing, raises nothing. */
+static uintptr_t
+scope_route_id(PyObject *scope)
+{
+    PyObject *keys[2] = {g_key_route, g_key_endpoint};
+    for (int i = 0; i < 2; i++) {
+        PyObject *v = PyDict_GetItemWithError(scope, keys[i]);
+        if (v != NULL && v != Py_None)
+            return (uintptr_t)v;
+        if (v == NULL && PyErr_Occurred())
+            PyErr_Clear();
+    }
+    return 0;
+}
+
+static void
+resolve_tag(uintptr_t *route_id, uint32_t *method)
+{
+    PyObject *v = NULL;
+    *route_id = 0;
+    *method = 0;
+    if (PyContextVar_Get(g_tag_var, NULL, &v) < 0) {
+        PyErr_Clear();
+        return;
+    }
+    if (v == NULL)
+        return;
+    if (Py_IS_TYPE(v, &RequestTag_Type)) {
+        RequestTagObject *tag = (RequestTagObject *)v;
+        *route_id = tag->scope ? scope_route_id(tag->scope) : tag->route_id;
+        *method = (uint32_t)tag->method_code;
+    }
+    Py_DECREF(v); /* the context still holds it */
+}
+
+static PyObject *
+tag_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"scope", "method_code", NULL};
+    PyObject *scope;
+    int method_code;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi:RequestTag", kwlist, &scope, &method_code))
+        return NULL;
+    if (!PyDict_Check(scope)) {
+        PyErr_Format(PyExc_TypeError, "RequestTag scope must be the ASGI scope dict, got %.100s",
+                     Py_TYPE(scope)->tp_name);
+        return NULL;
+    }
+    if (method_code < 0 || method_code > 255) {
+        PyErr_Format(PyExc_ValueError, "RequestTag method_code must be in 0..255, got %d", method_code);
+        return NULL;
+    }
+    RequestTagObject *self = (RequestTagObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(scope);
+    self->scope = scope;
+    self->route_id = 0;
+    self->method_code = method_code;
+    return (PyObject *)self;
+}
+
+static int
+tag_traverse(RequestTagObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->scope);
+    return 0;
+}
+
+static int
+tag_clear(RequestTagObject *self)
+{
+    Py_CLEAR(self->scope);
+    return 0;
+}
+
+static void
+tag_dealloc(RequestTagObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->scope);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+tag_close(RequestTagObject *self, PyObject *arg)
+{
+    unsigned long long route_id = PyLong_AsUnsignedLongLong(arg);
+    if (route_id == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError))
+            return NULL;
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "RequestTag.close route_id must be an int in 0..2**%d-1 (an id()), got %R",
+                     (int)(8 * sizeof(uintptr_t)), arg);
+        return NULL;
+    }
+    self->route_id = (uintptr_t)route_id;
+    Py_CLEAR(self->scope);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+tag_get_route_id(RequestTagObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->scope ? scope_route_id(self->scope) : self->route_id);
+}
+
+static PyObject *
+tag_get_method_code(RequestTagObject *self, void *closure)
+{
+    return PyLong_FromLong(self->method_code);
+}
+
+static PyObject *
+tag_get_closed(RequestTagObject *self, void *closure)
+{
+    return PyBool_FromLong(self->scope == NULL);
+}
+
+static PyObject *
+tag_repr(RequestTagObject *self)
+{
+    return PyUnicode_FromFormat("<RequestTag method_code=%d route_id=%zu closed=%s>", self->method_code,
+                                (size_t)(self->scope ? scope_route_id(self->scope) : self->route_id),
+                                self->scope ? "False" : "True");
+}
+
+static PyMethodDef tag_methods[] = {
+    {"close", (PyCFunction)tag_close, METH_O,
+     "close(route_id)\n--\n\nSet the route id for the request's remaining allocations and drop the scope."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef tag_getset[] = {
+    {"route_id", (getter)tag_get_route_id, NULL, "id() of the route (from the scope until closed), 0 if none", NULL},
+    {"method_code", (getter)tag_get_method_code, NULL, "the request's method code", NULL},
+    {"closed", (getter)tag_get_closed, NULL, "whether close() dropped the scope", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RequestTag_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "leakyspanner.capture._heap.RequestTag",
+    .tp_basicsize = sizeof(RequestTagObject),
+    .tp_dealloc = (destructor)tag_dealloc,
+    .tp_repr = (reprfunc)tag_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RequestTag(scope, method_code)\n--\n\n"
+              "The tag of one HTTP request, set in the engine's ContextVar: the route comes from\n"
+              "scope['route'] or scope['endpoint'] until close(route_id) drops the scope.",
+    .tp_traverse = (traverseproc)tag_traverse,
+    .tp_clear = (inquiry)tag_clear,
+    .tp_methods = tag_methods,
+    .tp_getset = tag_getset,
+    .tp_new = tag_new,
+};
+
+/* ---------------------------------------------------------------- the hooks */
+
+static int
+can_sample(PyThreadState **tstate)
+{
+    if (!PyGILState_Check())
+        return 0;
+    PyThreadState *ts = CURRENT_TSTATE();
+    if (ts == NULL || IS_FINALIZING())
+        return 0;
+    /* our ContextVar and tables belong to the main interpreter */
+    if (PyThreadState_GetInterpreter(ts) != PyInterpreterState_Main())
+        return 0;
+    *tstate = ts;
+    return 1;
+}
+
+static void
+take_sample(PyThreadState *tstate, void *p, size_t size)
+{
+    uintptr_t route_id;
+    uint32_t method, stack_id;
+    t_reentrant = 1;
+    /* On 3.10/3.11 making a GC object (a frame) can run a collection inline, and
+       so finalizers, in the middle of whatever allocation we are sampling. */
+    int gc_was_enabled = PyGC_Disable();
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+#endif
+    resolve_tag(&route_id, &method);
+    stack_id = capture_stack(tstate);
+    PyErr_Clear();
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+#endif
+    if (gc_was_enabled)
+        PyGC_Enable();
+    t_reentrant = 0;
+    g_samples_total++;
+    track(p, size, route_id, method, stack_id);
+}
+
+/* The countdown crossed zero: a sample point. Nested and ineligible allocations
+   draw a fresh gap too; by memorylessness the others' inclusion odds are unchanged. */
+static void
+sample_point(void *p, size_t size)
+{
+    PyThreadState *tstate;
+    if (UNLIKELY(g_probing)) {
+        g_probe_seen = 1;
+        return;
+    }
+    if (!g_running) {
+        g_countdown = INT64_MAX; /* installed, pass-through */
+        return;
+    }
+    g_countdown = next_gap();
+    if (p == NULL || t_reentrant || !can_sample(&tstate))
+        return;
+    take_sample(tstate, p, size);
+}
+
+static inline void
+count_bytes(void *p, size_t size)
+{
+    if (UNLIKELY((g_countdown -= (int64_t)size) <= 0))
+        sample_point(p, size);
+}
+
+static void *
+hook_malloc(void *ctx, size_t size)
+{
+    hook_ctx_t *h = ctx;
+    void *p = h->prev.malloc(h->prev.ctx, size);
+    count_bytes(p, size);
+    return p;
+}
+
+static void *
+hook_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    hook_ctx_t *h = ctx;
+    void *p = h->prev.calloc(h->prev.ctx, nelem, elsize);
+    count_bytes(p, p ? nelem * elsize : 0);
+    return p;
+}
+
+static void *
+hook_realloc(void *ctx, void *ptr, size_t size)
+{
+    hook_ctx_t *h = ctx;
+    void *p = h->prev.realloc(h->prev.ctx, ptr, size);
+    if (p != NULL) {
+        if (ptr != NULL && UNLIKELY(g_live != 0))
+            untrack(ptr);
+        count_bytes(p, size);
+    }
+    return p;
+}
+
+static void
+hook_free(void *ctx, void *ptr)
+{
+    hook_ctx_t *h = ctx;
+    if (UNLIKELY(g_live != 0) && ptr != NULL)
+        untrack(ptr);
+    h->prev.free(h->prev.ctx, ptr);
+}
+
+static int
+is_current(int d)
+{
+    PyMemAllocatorEx cur;
+    PyMem_GetAllocator(g_domains[d], &cur);
+    return g_ctx[d] != NULL && cur.malloc == hook_malloc && cur.ctx == g_ctx[d];
+}
+
+/* Whether an allocation in domain d still passes through our hook (it may be
+   wrapped by another tool, or cut out by one that restored an older allocator). */
+static int
+reaches_us(int d)
+{
+    if (g_ctx[d] == NULL)
+        return 0;
+    int64_t countdown = g_countdown;
+    g_probing = 1;
+    g_probe_seen = 0;
+    g_countdown = 0;
+    void *p = d == 0 ? PyMem_Malloc(16) : PyObject_Malloc(16);
+    g_probing = 0;
+    g_countdown = countdown;
+    if (d == 0)
+        PyMem_Free(p);
+    else
+        PyObject_Free(p);
+    return g_probe_seen;
+}
+
+static int
+install(int d)
+{
+    /* Contexts are never freed: a tool that saved our allocator may restore it later. */
+    hook_ctx_t *h = calloc(1, sizeof(hook_ctx_t));
+    if (h == NULL)
+        return -1;
+    PyMem_GetAllocator(g_domains[d], &h->prev);
+    h->next = g_all_ctx;
+    g_all_ctx = h;
+    PyMemAllocatorEx ours = {h, hook_malloc, hook_calloc, hook_realloc, hook_free};
+    PyMem_SetAllocator(g_domains[d], &ours);
+    g_ctx[d] = h;
+    return 0;
+}
+
+/* Restore the previous allocator where ours is still the current one; elsewhere stay installed. */
+static void
+uninstall_where_current(void)
+{
+    for (int d = 0; d < 2; d++) {
+        if (is_current(d)) {
+            PyMem_SetAllocator(g_domains[d], &g_ctx[d]->prev);
+            g_ctx[d] = NULL;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- module functions */
+
+static void
+release_tables(void)
+{
+    samples_free();
+    stacks_free();
+}
+
+static int
+parse_ll(PyObject *obj, const char *name, long long lo, long long hi, long long *out)
+{
+    int overflow = 0;
+    long long v = PyLong_Check(obj) ? PyLong_AsLongLongAndOverflow(obj, &overflow) : 0;
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %.100s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || v < lo || v > hi) {
+        PyErr_Format(PyExc_ValueError, "%s must be in %lld..%lld, got %R", name, lo, hi, obj);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *
+heap_start(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"sample_bytes", "max_frames", "tag_var", "max_samples", NULL};
+    PyObject *o_sample, *o_frames, *tag_var, *o_max = NULL;
+    long long sample_bytes, max_frames, max_samples = 1 << 20;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O:start", kwlist, &o_sample, &o_frames, &tag_var, &o_max))
+        return NULL;
+    if (g_running) {
+        PyErr_SetString(PyExc_RuntimeError, "the heap engine is already running; call stop() first");
+        return NULL;
+    }
+    if (parse_ll(o_sample, "sample_bytes", 1, (long long)1 << 50, &sample_bytes) < 0 ||
+        parse_ll(o_frames, "max_frames", 1, MAX_FRAMES_LIMIT, &max_frames) < 0 ||
+        (o_max != NULL && parse_ll(o_max, "max_samples", 1, (long long)1 << 30, &max_samples) < 0))
+        return NULL;
+    if (!PyContextVar_CheckExact(tag_var)) {
+        PyErr_Format(PyExc_ValueError, "tag_var must be a contextvars.ContextVar, got %.100s",
+                     Py_TYPE(tag_var)->tp_name);
+        return NULL;
+    }
+    if (samples_alloc(MIN_TABLE_SLOTS) < 0 || stacks_init() < 0) {
+        release_tables();
+        return PyErr_NoMemory();
+    }
+    for (int d = 0; d < 2; d++) {
+        /* a previous stop() left us installed under another tool: reuse that install if still reached */
+        if (g_ctx[d] != NULL && !reaches_us(d))
+            g_ctx[d] = NULL;
+        if (g_ctx[d] == NULL && install(d) < 0) {
+            uninstall_where_current();
+            release_tables();
+            return PyErr_NoMemory();
+        }
+    }
+    g_sample_bytes = sample_bytes;
+    g_mean = (double)sample_bytes;
+    g_max_frames = (int)max_frames;
+    g_max_samples = (size_t)max_samples;
+    g_samples_total = g_samples_dropped = 0;
+    Py_INCREF(tag_var);
+    g_tag_var = tag_var;
+    g_countdown = next_gap();
+    g_running = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+heap_stop(PyObject *module, PyObject *unused)
+{
+    int was_running = g_running;
+    g_running = 0;
+    g_countdown = INT64_MAX;
+    uninstall_where_current();
+    if (was_running) {
+        release_tables();
+        Py_CLEAR(g_tag_var);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+heap_running(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(g_running);
+}
+
+typedef struct {
+    uintptr_t route_id;
+    uint32_t stack_id;
+    uint32_t method;
+    uint64_t samples;
+    double count;
+    double bytes;
+    int used;
+} group_t;
+
+static PyObject *
+heap_snapshot(PyObject *module, PyObject *unused)
+{
+    if (!g_running || g_live == 0)
+        return PyList_New(0);
+    size_t cap = 16;
+    while (cap < g_live * 2)
+        cap *= 2;
+    group_t *groups = calloc(cap, sizeof(group_t));
+    if (groups == NULL)
+        return PyErr_NoMemory();
+    size_t ngroups = 0;
+    /* nothing below allocates through Python, so the table cannot change under us */
+    for (size_t i = 0; i <= g_mask; i++) {
+        if (g_keys[i] == NULL)
+            continue;
+        const sample_t *s = &g_vals[i];
+        size_t j = (size_t)mix64(s->route_id ^ ((uint64_t)s->stack_id << 32) ^ ((uint64_t)s->method << 24)) & (cap - 1);
+        while (groups[j].used &&
+               (groups[j].route_id != s->route_id || groups[j].stack_id != s->stack_id || groups[j].method != s->method))
+            j = (j + 1) & (cap - 1);
+        group_t *g = &groups[j];
+        if (!g->used) {
+            g->used = 1;
+            g->route_id = s->route_id;
+            g->stack_id = s->stack_id;
+            g->method = s->method;
+            ngroups++;
+        }
+        g->samples++;
+        g->count += s->inv_p;
+        g->bytes += (double)s->size * s->inv_p;
+    }
+    PyObject *result = PyList_New((Py_ssize_t)ngroups);
+    if (result == NULL)
+        goto error;
+    Py_ssize_t k = 0;
+    for (size_t j = 0; j < cap; j++) {
+        const group_t *g = &groups[j];
+        if (!g->used)
+            continue;
+        PyObject *row = Py_BuildValue("(KIIKLL)", (unsigned long long)g->route_id, (unsigned int)g->method,
+                                      (unsigned int)g->stack_id, (unsigned long long)g->samples,
+                                      (long long)llround(g->count), (long long)llround(g->bytes));
+        if (row == NULL) {
+            Py_DECREF(result);
+            goto error;
+        }
+        PyList_SET_ITEM(result, k++, row);
+    }
+    free(groups);
+    return result;
+error:
+    free(groups);
+    return NULL;
+}
+
+static PyObject *
+heap_stack(PyObject *module, PyObject *arg)
+{
+    unsigned long id = PyLong_Check(arg) ? PyLong_AsUnsignedLong(arg) : 0;
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "stack_id must be an int, got %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (id == (unsigned long)-1 && PyErr_Occurred())
+        PyErr_Clear();
+    else if (g_running && id < g_nstacks)
+        goto found;
+    PyErr_Format(PyExc_ValueError, "stack_id %R is not a stack of the running engine (%u stacks; ids are valid until stop())",
+                 arg, (unsigned)g_nstacks);
+    return NULL;
+found:;
+    /* Copy (with references) first: building tuples allocates, and a finalizer run by
+       that could sample (moving g_frames) or even stop the engine (freeing the tables). */
+    PyObject *files[MAX_FRAMES_LIMIT], *names[MAX_FRAMES_LIMIT];
+    int linenos[MAX_FRAMES_LIMIT];
+    const stack_rec_t *s = g_stacks[id];
+    uint32_t n = s->nframes;
+    for (uint32_t i = 0; i < n; i++) {
+        const frame_rec_t *f = &g_frames[s->frame_ids[i]];
+        files[i] = Py_NewRef(f->filename);
+        names[i] = Py_NewRef(f->name);
+        linenos[i] = f->lineno;
+    }
+    PyObject *result = PyTuple_New(n);
+    for (uint32_t i = 0; i < n && result != NULL; i++) {
+        PyObject *t = Py_BuildValue("(OiO)", files[i], linenos[i], names[i]);
+        if (t == NULL)
+            Py_CLEAR(result);
+        else
+            PyTuple_SET_ITEM(result, i, t);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        Py_DECREF(files[i]);
+        Py_DECREF(names[i]);
+    }
+    return result;
+}
+
+static size_t
+engine_bytes(void)
+{
+    size_t n = 0;
+    if (g_keys != NULL)
+        n += (g_mask + 1) * (sizeof(void *) + sizeof(sample_t));
+    n += g_frames_cap * sizeof(frame_rec_t) + index_bytes(&g_frame_index);
+    n += g_stacks_cap * sizeof(stack_rec_t *) + g_stack_bytes + index_bytes(&g_stack_index);
+    return n;
+}
+
+static PyObject *
+heap_stats(PyObject *module, PyObject *unused)
+{
+    int hooked = is_current(0) && is_current(1);
+    int reached = reaches_us(0) && reaches_us(1);
+    return Py_BuildValue(
+        "{sL sI sO sO sO sn sL sK sK sI sK sn sn}",
+        "sample_bytes", g_sample_bytes, "max_frames", (unsigned int)g_max_frames,
+        "running", g_running ? Py_True : Py_False, "hooked", hooked ? Py_True : Py_False,
+        "reached", reached ? Py_True : Py_False, "live_samples", (Py_ssize_t)g_live,
+        "live_est_bytes", (long long)llround(g_live_est_bytes), "samples_total", (unsigned long long)g_samples_total,
+        "samples_dropped", (unsigned long long)g_samples_dropped,
+        "stacks", (unsigned int)(g_nstacks ? g_nstacks - 1 : 0), "stacks_dropped", (unsigned long long)g_stacks_dropped,
+        "engine_bytes", (Py_ssize_t)engine_bytes(), "max_samples", (Py_ssize_t)g_max_samples);
+}
+
+static PyMethodDef heap_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))heap_start, METH_VARARGS | METH_KEYWORDS,
+     "start(sample_bytes, max_frames, tag_var, max_samples=1 << 20)\n--\n\n"
+     "Hook the MEM and OBJ allocators and sample allocations every sample_bytes on average."},
+    {"stop", heap_stop, METH_NOARGS,
+     "stop()\n--\n\nStop sampling and free the tables; idempotent. Stays installed as a pass-through\n"
+     "where another allocator hook has wrapped ours since start()."},
+    {"running", heap_running, METH_NOARGS, "running()\n--\n\nWhether the engine is sampling."},
+    {"snapshot", heap_snapshot, METH_NOARGS,
+     "snapshot()\n--\n\nLive samples grouped as (route_id, method_code, stack_id, samples, est_count, est_bytes)."},
+    {"stack", heap_stack, METH_O,
+     "stack(stack_id)\n--\n\nThe frames of an interned stack, innermost first: ((filename, lineno, qualname), ...)."},
+    {"stats", heap_stats, METH_NOARGS, "stats()\n--\n\nThe engine's counters and settings as a dict."},
+    {NULL, NULL, 0, NULL},
+};
+
+#endif /* SUPPORTED */
+
+static struct PyModuleDef heap_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "leakyspanner.capture._heap",
+    .m_doc = "A sampled heap profiler: live sampled allocations by request tag and Python stack.",
+    .m_size = -1,
+#if SUPPORTED
+    .m_methods = heap_methods,
+#endif
+};
+
+PyMODINIT_FUNC
+PyInit__heap(void)
+{
+#if !SUPPORTED
+    PyErr_Format(PyExc_ImportError,
+                 "leakyspanner's heap engine supports CPython 3.10-3.13 with the GIL; this is %s%s",
+                 Py_GetVersion(),
+#ifdef Py_GIL_DISABLED
+                 " (free-threaded)"
+#else
+                 ""
+#endif
+    );
+    return NULL;
+#else
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    /* Frame objects made while a frame is torn down crash 3.11.0 (gh-99729), and a deep
+       dealloc of one crashes 3.11.0-3.11.4 (gh-106092); sampling makes frame objects often. */
+    if (Py_Version < 0x030B0500) {
+        PyErr_Format(PyExc_ImportError, "leakyspanner's heap engine needs CPython 3.11.5 or newer on 3.11, this is %s",
+                     Py_GetVersion());
+        return NULL;
+    }
+#endif
+    static int atfork_registered;
+    if (!atfork_registered) {
+        if (pthread_atfork(NULL, NULL, atfork_child) != 0) {
+            PyErr_SetString(PyExc_ImportError, "leakyspanner's heap engine could not register its fork handler");
+            return NULL;
+        }
+        atfork_registered = 1;
+        seed_rng();
+    }
+    if (g_key_route == NULL) {
+        g_key_route = PyUnicode_InternFromString("route");
+        g_key_endpoint = PyUnicode_InternFromString("endpoint");
+        if (g_key_route == NULL || g_key_endpoint == NULL)
+            return NULL;
+    }
+    if (PyType_Ready(&RequestTag_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&heap_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&RequestTag_Type);
+    if (PyModule_AddObject(m, "RequestTag", (PyObject *)&RequestTag_Type) < 0) {
+        Py_DECREF(&RequestTag_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+#endif
+}
