@@ -15,6 +15,7 @@ evidence that does not depend on how traffic varies.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,11 +69,18 @@ def fit_growth(x: np.ndarray, y: np.ndarray, warm_x: float | None = None) -> Ser
             x, y = x[keep], y[keep]
     if len(x) < MIN_POINTS or x[-1] - x[0] <= 0:
         return None
-    slope, _, low, high = stats.theilslopes(y, x, alpha=0.90)
-    half = len(x) // 2
-    late = x[half:], y[half:]
-    late_slope = float(stats.theilslopes(late[1], late[0])[0]) if len(late[0]) >= 3 and late[0][-1] > late[0][0] else slope
-    tau = stats.kendalltau(x, y, alternative="greater")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # a series of mostly equal values (an endpoint with no live samples most of
+        # the time) makes the band's variance formula go negative: no band then
+        warnings.simplefilter("ignore", RuntimeWarning)
+        slope, _, low, high = stats.theilslopes(y, x, alpha=0.90)
+        half = len(x) // 2
+        late = x[half:], y[half:]
+        late_slope = (float(stats.theilslopes(late[1], late[0])[0])
+                      if len(late[0]) >= 3 and late[0][-1] > late[0][0] else slope)
+        tau = stats.kendalltau(x, y, alternative="greater")
+    if not (np.isfinite(low) and np.isfinite(high)):
+        low = high = float(slope)
     rising = 1.0 - float(tau.pvalue) if np.isfinite(tau.pvalue) else 0.0
     tenth = max(2, len(y) // 10)
     return SeriesFit(slope=float(slope), low=float(low), high=float(high), late_slope=late_slope,
