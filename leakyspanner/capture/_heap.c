@@ -30,7 +30,9 @@
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 /* initial-exec: a plain %fs-relative load instead of a __tls_get_addr call. */
 #define THREAD_LOCAL static __thread __attribute__((tls_model("initial-exec")))
+#define NOINLINE __attribute__((noinline))
 #else
+#define NOINLINE
 #define LIKELY(x) (x)
 #define UNLIKELY(x) (x)
 #define THREAD_LOCAL static _Thread_local
@@ -765,19 +767,33 @@ sample_point(void *p, size_t size)
     take_sample(tstate, p, size);
 }
 
-static inline void
-count_bytes(void *p, size_t size)
+/* The hot paths below are a countdown subtraction (allocations) or a load of
+   g_live (frees), a branch, and a tail call to the previous allocator; all else
+   is out of line. Counting before forwarding is equivalent: a failed allocation
+   just moves the next sample point a little closer. */
+
+static NOINLINE void *
+malloc_slow(hook_ctx_t *h, size_t size)
 {
-    if (UNLIKELY((g_countdown -= (int64_t)size) <= 0))
-        sample_point(p, size);
+    void *p = h->prev.malloc(h->prev.ctx, size);
+    sample_point(p, size);
+    return p;
 }
 
 static void *
 hook_malloc(void *ctx, size_t size)
 {
     hook_ctx_t *h = ctx;
-    void *p = h->prev.malloc(h->prev.ctx, size);
-    count_bytes(p, size);
+    if (UNLIKELY((g_countdown -= (int64_t)size) <= 0))
+        return malloc_slow(h, size);
+    return h->prev.malloc(h->prev.ctx, size);
+}
+
+static NOINLINE void *
+calloc_slow(hook_ctx_t *h, size_t nelem, size_t elsize, size_t size)
+{
+    void *p = h->prev.calloc(h->prev.ctx, nelem, elsize);
+    sample_point(p, size);
     return p;
 }
 
@@ -785,8 +801,25 @@ static void *
 hook_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     hook_ctx_t *h = ctx;
-    void *p = h->prev.calloc(h->prev.ctx, nelem, elsize);
-    count_bytes(p, p ? nelem * elsize : 0);
+    size_t size;
+    if (__builtin_mul_overflow(nelem, elsize, &size))
+        size = 0; /* the allocator below refuses it */
+    if (UNLIKELY((g_countdown -= (int64_t)size) <= 0))
+        return calloc_slow(h, nelem, elsize, size);
+    return h->prev.calloc(h->prev.ctx, nelem, elsize);
+}
+
+/* realloc: untrack the old block if tracked, then count the result as a new allocation */
+static NOINLINE void *
+realloc_slow(hook_ctx_t *h, void *ptr, size_t size)
+{
+    void *p = h->prev.realloc(h->prev.ctx, ptr, size);
+    if (p == NULL)
+        return NULL; /* the old block is still alive (and still tracked) */
+    if (ptr != NULL && g_live != 0)
+        untrack(ptr);
+    if (g_countdown <= 0)
+        sample_point(p, size);
     return p;
 }
 
@@ -794,21 +827,32 @@ static void *
 hook_realloc(void *ctx, void *ptr, size_t size)
 {
     hook_ctx_t *h = ctx;
-    void *p = h->prev.realloc(h->prev.ctx, ptr, size);
-    if (p != NULL) {
-        if (ptr != NULL && UNLIKELY(g_live != 0))
-            untrack(ptr);
-        count_bytes(p, size);
-    }
-    return p;
+    if (UNLIKELY(((g_countdown -= (int64_t)size) <= 0) | ((g_live != 0) & (ptr != NULL))))
+        return realloc_slow(h, ptr, size);
+    return h->prev.realloc(h->prev.ctx, ptr, size);
+}
+
+static NOINLINE void
+free_tracked(hook_ctx_t *h, void *ptr, size_t slot)
+{
+    remove_at(slot);
+    h->prev.free(h->prev.ctx, ptr);
 }
 
 static void
 hook_free(void *ctx, void *ptr)
 {
     hook_ctx_t *h = ctx;
-    if (UNLIKELY(g_live != 0) && ptr != NULL)
-        untrack(ptr);
+    if (UNLIKELY(g_live != 0)) {
+        /* the probe of untrack(), inline: a miss usually ends at the first slot */
+        for (size_t i = ptr_slot(ptr);; i = (i + 1) & g_mask) {
+            const void *k = g_keys[i];
+            if (k == NULL)
+                break;
+            if (k == ptr)
+                return free_tracked(h, ptr, i);
+        }
+    }
     h->prev.free(h->prev.ctx, ptr);
 }
 
@@ -958,6 +1002,21 @@ heap_stop(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* A new mean gap from the next sample on. Each live sample keeps the weight (1/p)
+   it was taken with, so estimates stay unbiased across the change. */
+static PyObject *
+heap_set_sample_bytes(PyObject *module, PyObject *arg)
+{
+    long long sample_bytes;
+    if (parse_ll(arg, "sample_bytes", 1, (long long)1 << 50, &sample_bytes) < 0)
+        return NULL;
+    g_sample_bytes = sample_bytes;
+    g_mean = (double)sample_bytes;
+    if (g_running)
+        g_countdown = next_gap();
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 heap_running(PyObject *module, PyObject *unused)
 {
@@ -974,61 +1033,93 @@ typedef struct {
     int used;
 } group_t;
 
+static inline size_t
+group_slot(uintptr_t route_id, uint32_t stack_id, uint32_t method, size_t mask)
+{
+    return (size_t)mix64(route_id ^ ((uint64_t)stack_id << 32) ^ ((uint64_t)method << 24)) & mask;
+}
+
+/* Double the aggregation table; 0 on success. */
+static int
+groups_grow(group_t **groups, size_t *cap)
+{
+    size_t ncap = *cap * 2;
+    group_t *ng = calloc(ncap, sizeof(group_t));
+    if (ng == NULL)
+        return -1;
+    for (size_t i = 0; i < *cap; i++) {
+        const group_t *g = &(*groups)[i];
+        if (!g->used)
+            continue;
+        size_t j = group_slot(g->route_id, g->stack_id, g->method, ncap - 1);
+        while (ng[j].used)
+            j = (j + 1) & (ncap - 1);
+        ng[j] = *g;
+    }
+    free(*groups);
+    *groups = ng;
+    *cap = ncap;
+    return 0;
+}
+
 static PyObject *
 heap_snapshot(PyObject *module, PyObject *unused)
 {
     if (!g_running || g_live == 0)
         return PyList_New(0);
-    size_t cap = 16;
-    while (cap < g_live * 2)
-        cap *= 2;
+    size_t cap = 256, ngroups = 0;
     group_t *groups = calloc(cap, sizeof(group_t));
     if (groups == NULL)
         return PyErr_NoMemory();
-    size_t ngroups = 0;
-    /* nothing below allocates through Python, so the table cannot change under us */
+    /* nothing here allocates through Python, so the sample table cannot change under us */
     for (size_t i = 0; i <= g_mask; i++) {
         if (g_keys[i] == NULL)
             continue;
         const sample_t *s = &g_vals[i];
-        size_t j = (size_t)mix64(s->route_id ^ ((uint64_t)s->stack_id << 32) ^ ((uint64_t)s->method << 24)) & (cap - 1);
-        while (groups[j].used &&
-               (groups[j].route_id != s->route_id || groups[j].stack_id != s->stack_id || groups[j].method != s->method))
-            j = (j + 1) & (cap - 1);
-        group_t *g = &groups[j];
-        if (!g->used) {
-            g->used = 1;
-            g->route_id = s->route_id;
-            g->stack_id = s->stack_id;
-            g->method = s->method;
+        size_t j;
+        for (;;) {
+            j = group_slot(s->route_id, s->stack_id, s->method, cap - 1);
+            while (groups[j].used && (groups[j].route_id != s->route_id || groups[j].stack_id != s->stack_id ||
+                                      groups[j].method != s->method))
+                j = (j + 1) & (cap - 1);
+            if (groups[j].used || (ngroups + 1) * 2 <= cap)
+                break;
+            if (groups_grow(&groups, &cap) < 0) { /* then probe again in the bigger table */
+                free(groups);
+                return PyErr_NoMemory();
+            }
+        }
+        if (!groups[j].used) {
+            groups[j].used = 1;
+            groups[j].route_id = s->route_id;
+            groups[j].stack_id = s->stack_id;
+            groups[j].method = s->method;
             ngroups++;
         }
+        group_t *g = &groups[j];
         g->samples++;
         g->count += s->inv_p;
         g->bytes += (double)s->size * s->inv_p;
     }
+    /* the engine's own output is not the app's heap: build it unsampled */
+    t_reentrant = 1;
     PyObject *result = PyList_New((Py_ssize_t)ngroups);
-    if (result == NULL)
-        goto error;
     Py_ssize_t k = 0;
-    for (size_t j = 0; j < cap; j++) {
+    for (size_t j = 0; j < cap && result != NULL; j++) {
         const group_t *g = &groups[j];
         if (!g->used)
             continue;
         PyObject *row = Py_BuildValue("(KIIKLL)", (unsigned long long)g->route_id, (unsigned int)g->method,
                                       (unsigned int)g->stack_id, (unsigned long long)g->samples,
                                       (long long)llround(g->count), (long long)llround(g->bytes));
-        if (row == NULL) {
-            Py_DECREF(result);
-            goto error;
-        }
-        PyList_SET_ITEM(result, k++, row);
+        if (row == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k++, row);
     }
+    t_reentrant = 0;
     free(groups);
     return result;
-error:
-    free(groups);
-    return NULL;
 }
 
 static PyObject *
@@ -1059,6 +1150,7 @@ found:;
         names[i] = Py_NewRef(f->name);
         linenos[i] = f->lineno;
     }
+    t_reentrant = 1; /* the engine's own output is not the app's heap */
     PyObject *result = PyTuple_New(n);
     for (uint32_t i = 0; i < n && result != NULL; i++) {
         PyObject *t = Py_BuildValue("(OiO)", files[i], linenos[i], names[i]);
@@ -1067,6 +1159,7 @@ found:;
         else
             PyTuple_SET_ITEM(result, i, t);
     }
+    t_reentrant = 0;
     for (uint32_t i = 0; i < n; i++) {
         Py_DECREF(files[i]);
         Py_DECREF(names[i]);
@@ -1090,7 +1183,8 @@ heap_stats(PyObject *module, PyObject *unused)
 {
     int hooked = is_current(0) && is_current(1);
     int reached = reaches_us(0) && reaches_us(1);
-    return Py_BuildValue(
+    t_reentrant = 1; /* the engine's own output is not the app's heap */
+    PyObject *result = Py_BuildValue(
         "{sL sI sO sO sO sn sL sK sK sI sK sn sn}",
         "sample_bytes", g_sample_bytes, "max_frames", (unsigned int)g_max_frames,
         "running", g_running ? Py_True : Py_False, "hooked", hooked ? Py_True : Py_False,
@@ -1099,6 +1193,8 @@ heap_stats(PyObject *module, PyObject *unused)
         "samples_dropped", (unsigned long long)g_samples_dropped,
         "stacks", (unsigned int)(g_nstacks ? g_nstacks - 1 : 0), "stacks_dropped", (unsigned long long)g_stacks_dropped,
         "engine_bytes", (Py_ssize_t)engine_bytes(), "max_samples", (Py_ssize_t)g_max_samples);
+    t_reentrant = 0;
+    return result;
 }
 
 static PyMethodDef heap_methods[] = {
@@ -1109,6 +1205,8 @@ static PyMethodDef heap_methods[] = {
      "stop()\n--\n\nStop sampling and free the tables; idempotent. Stays installed as a pass-through\n"
      "where another allocator hook has wrapped ours since start()."},
     {"running", heap_running, METH_NOARGS, "running()\n--\n\nWhether the engine is sampling."},
+    {"set_sample_bytes", heap_set_sample_bytes, METH_O,
+     "set_sample_bytes(sample_bytes)\n--\n\nA new mean gap between samples from now on; live samples keep their weights."},
     {"snapshot", heap_snapshot, METH_NOARGS,
      "snapshot()\n--\n\nLive samples grouped as (route_id, method_code, stack_id, samples, est_count, est_bytes)."},
     {"stack", heap_stack, METH_O,
@@ -1117,17 +1215,14 @@ static PyMethodDef heap_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-#endif /* SUPPORTED */
-
 static struct PyModuleDef heap_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "leakyspanner.capture._heap",
     .m_doc = "A sampled heap profiler: live sampled allocations by request tag and Python stack.",
     .m_size = -1,
-#if SUPPORTED
     .m_methods = heap_methods,
-#endif
 };
+#endif /* SUPPORTED */
 
 PyMODINIT_FUNC
 PyInit__heap(void)
@@ -1135,7 +1230,7 @@ PyInit__heap(void)
 #if !SUPPORTED
     PyErr_Format(PyExc_ImportError,
                  "leakyspanner's heap engine supports CPython 3.10-3.13 with the GIL; this is %s%s",
-                 Py_GetVersion(),
+                 PY_VERSION,
 #ifdef Py_GIL_DISABLED
                  " (free-threaded)"
 #else
@@ -1145,11 +1240,11 @@ PyInit__heap(void)
     return NULL;
 #else
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-    /* Frame objects made while a frame is torn down crash 3.11.0 (gh-99729), and a deep
-       dealloc of one crashes 3.11.0-3.11.4 (gh-106092); sampling makes frame objects often. */
-    if (Py_Version < 0x030B0500) {
-        PyErr_Format(PyExc_ImportError, "leakyspanner's heap engine needs CPython 3.11.5 or newer on 3.11, this is %s",
-                     Py_GetVersion());
+    /* 3.11.0 crashes when a frame object is made for a frame being torn down (gh-99729),
+       which a sample taken in a finalizer run by that teardown does. */
+    if (Py_Version < 0x030B0100) {
+        PyErr_Format(PyExc_ImportError, "leakyspanner's heap engine needs CPython 3.11.1 or newer on 3.11, this is 3.11.%d",
+                     (int)((Py_Version >> 8) & 0xFF));
         return NULL;
     }
 #endif

@@ -14,9 +14,10 @@ __all__ = [
     "DEFAULT_SAMPLE_BYTES",
     "METHOD_CODES",
     "METHOD_NAMES",
-    "UNAVAILABLE_REASON",
     "RequestTag",
+    "UNAVAILABLE_REASON",
     "running",
+    "set_sample_bytes",
     "snapshot",
     "stack",
     "start",
@@ -31,13 +32,18 @@ METHOD_CODES: dict[str, int] = {
 }
 METHOD_NAMES: dict[int, str] = {0: "", **{code: name for name, code in METHOD_CODES.items()}}
 
-# Mean bytes between samples. benchmarks/bench_heap_alloc.py measures the cost: a sample
-# (stack capture at DEFAULT_MAX_FRAMES, then interning) costs ~1000x an unsampled allocation,
-# so at 512 KiB sampling adds well under 1% to allocation-heavy code, while a leak of L bytes
-# of small objects is estimated with a relative standard error of sqrt(512 KiB / L): 7% at 100 MB.
+# Mean bytes between samples. benchmarks/bench_heap_alloc.py measures both sides of the
+# choice: an unsampled allocation and its free cost ~6-8 instructions each in the hooks, and a
+# sample ~25-35k instructions (stack capture at DEFAULT_MAX_FRAMES, frame objects made, interning).
+# At 512 KiB that is 0.07 instructions per allocated byte, ~4 for a 64-byte block, so sampling
+# stays below the cost of the hooks themselves; a smaller mean would pass it. The price is
+# precision: a leak of L bytes of small objects is estimated with a relative standard error of
+# sqrt(512 KiB / L), 7% at 100 MB (unbiased: tests/capture/test_heap_engine.py checks ±10%).
 DEFAULT_SAMPLE_BYTES = 512 * 1024
-# Deep enough to reach a FastAPI endpoint from an allocation inside a library it calls
-# (innermost frames come first); bench_heap_alloc.py measures the capture cost at this depth.
+# Innermost frames first, so the endpoint is found below however deep the server's frames go:
+# under FastAPI an async endpoint's json.loads() sampled 4 frames in (of 36 in all), a sync
+# endpoint runs in a worker thread whose whole stack is ~5 frames; 32 leaves room for libraries
+# ~28 frames deep. Capture cost grows with depth: ~35k instructions at 32 new frames, ~4x at 128.
 DEFAULT_MAX_FRAMES = 32
 DEFAULT_MAX_SAMPLES = 1 << 20
 
@@ -76,6 +82,11 @@ def start(sample_bytes: int, max_frames: int, tag_var: contextvars.ContextVar[An
 def stop() -> None:
     """Stop sampling and free the engine's tables (idempotent)."""
     _require().stop()
+
+
+def set_sample_bytes(sample_bytes: int) -> None:
+    """A new mean gap between samples from now on; samples already live keep their weights."""
+    _require().set_sample_bytes(sample_bytes)
 
 
 def running() -> bool:

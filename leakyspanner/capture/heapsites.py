@@ -37,7 +37,6 @@ TAG_VAR: contextvars.ContextVar[Any] = contextvars.ContextVar("leakyspanner_requ
 _MAX_SITE_ROWS = 400
 
 _CAPTURE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_PACKAGE_DIR = os.path.dirname(_CAPTURE_DIR.rstrip(os.sep)) + os.sep
 
 
 def _library_prefixes() -> tuple[str, ...]:
@@ -115,9 +114,15 @@ class HeapSites:
     """
 
     def __init__(self, sample_bytes: int, max_frames: int,
-                 route_name: Callable[[int, str], str | None]) -> None:
+                 route_name: Callable[[int, str], str | None],
+                 early_sample_bytes: int | None = None, early_s: float = 0.0) -> None:
         self.sample_bytes = sample_bytes
         self.max_frames = max_frames
+        #: a denser rate for the session's first ``early_s`` seconds, so a short run has
+        #: enough samples; every sample keeps the weight of the rate it was taken at
+        self._early_sample_bytes = early_sample_bytes
+        self._early_until = 0.0
+        self._early_s = early_s
         self._route_name = route_name
         self._stacks: dict[int, tuple[str, int, str, str | None, int | None]] = {}
         self._seq = 0
@@ -125,7 +130,11 @@ class HeapSites:
 
     def start(self) -> None:
         if not self._started:
-            _acquire(self.sample_bytes, self.max_frames)
+            early = self._early_sample_bytes
+            _acquire(early or self.sample_bytes, self.max_frames)
+            if early:
+                heap.set_sample_bytes(early)
+                self._early_until = time.monotonic() + self._early_s
             self._started = True
             self._stacks.clear()
 
@@ -185,6 +194,9 @@ class HeapSites:
         """A schema ``heap`` record (without ts) of the live samples now, or None when not running."""
         if not self.running:
             return None
+        if self._early_until and time.monotonic() >= self._early_until:
+            self._early_until = 0.0
+            heap.set_sample_bytes(self.sample_bytes)
         c0 = time.thread_time()
         rows = heap.snapshot()
         stats = heap.stats()
@@ -208,7 +220,7 @@ class HeapSites:
             acc[2] += samples
         site_rows = sorted(sites.items(), key=lambda kv: kv[1][0], reverse=True)[:_MAX_SITE_ROWS]
         record = {
-            "seq": self._seq, "engine": "sampler", "sample_bytes": self.sample_bytes,
+            "seq": self._seq, "engine": "sampler", "sample_bytes": int(stats.get("sample_bytes", self.sample_bytes)),
             "max_frames": self.max_frames,
             "live_bytes": int(stats.get("live_est_bytes", 0)), "live_samples": int(stats.get("live_samples", 0)),
             "samples_total": int(stats.get("samples_total", 0)),

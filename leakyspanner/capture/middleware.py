@@ -143,7 +143,7 @@ class _Exchange:
             if duration > counter[3]:
                 counter[3] = duration
             if self.tag is not None:  # allocations from now on (spawned tasks) keep the route
-                self.tag.close(key)
+                self.tag.close(key if route is not None or scope.get("endpoint") is not None else 0)
             if rss0 is not None:
                 tr0 = self.tr0
                 tr1 = _get_traced()[0] if tr0 is not None and tracemalloc.is_tracing() else None

@@ -57,12 +57,19 @@ def test_disabled_leaves_app_exactly_as_it_was(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
-def test_attach_adds_one_pure_asgi_middleware_and_starts_session(tmp_path):
+def test_attach_wraps_the_whole_stack_in_one_pure_asgi_middleware_and_starts_session(tmp_path):
     app = FastAPI()
     profiler = leakyspanner.leakyspanner(app, log_path=tmp_path, level="basic")
+
+    async def passthrough(scope, receive, send):  # added later, still inside ours
+        await send({"type": "noop"})
+
+    app.add_middleware(type("Later", (), {"__init__": lambda self, app: None, "__call__": passthrough}))
     try:
         assert isinstance(profiler, Profiler)
-        assert [m.cls for m in app.user_middleware] == [LeakyspannerMiddleware]
+        stack = app.build_middleware_stack()
+        assert isinstance(stack, LeakyspannerMiddleware) and stack.profiler is profiler
+        assert LeakyspannerMiddleware not in [m.cls for m in app.user_middleware]
         assert profiler.active and profiler.jsonl_file.exists() and profiler.log_file.exists()
         names = {t.name for t in threading.enumerate()}
         assert {"leakyspanner-sampler", "leakyspanner-writer"} <= names

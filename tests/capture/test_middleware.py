@@ -66,7 +66,8 @@ def test_responses_are_byte_for_byte_identical_with_and_without_profiler(tmp_pat
 
 def test_one_record_per_request_with_route_template_status_and_rss(tmp_path):
     app = _make_app()
-    profiler = leakyspanner(app, log_path=tmp_path, level="mid", request_rss_interval_seconds=0)
+    profiler = leakyspanner(app, log_path=tmp_path, level="mid", allocator="tracemalloc",
+                            request_rss_interval_seconds=0)
     try:
         asyncio.run(_exchange(app, [("GET", f"/items/{i}") for i in range(5)] + [("POST", "/echo", {"content": b"x"})]))
     finally:

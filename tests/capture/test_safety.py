@@ -133,7 +133,7 @@ def test_tracemalloc_started_by_someone_else_is_left_running(tmp_path):
 
 
 def test_tracemalloc_started_by_profiler_is_stopped_with_it(tmp_path):
-    profiler = leakyspanner(_app(), log_path=tmp_path, level="deep")
+    profiler = leakyspanner(_app(), log_path=tmp_path, level="deep", allocator="tracemalloc")
     assert tracemalloc.is_tracing() and tracemalloc.get_traceback_limit() == 5
     profiler.stop()
     assert not tracemalloc.is_tracing()

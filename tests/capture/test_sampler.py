@@ -58,6 +58,7 @@ def _tick(sampler) -> None:
 
 
 def _profiler(tmp_path, level: str, rss_mb: list[float], **kwargs):
+    kwargs.setdefault("allocator", "tracemalloc")  # these tests drive tracemalloc's snapshots and windows
     profiler = leakyspanner(FastAPI(), log_path=tmp_path, level=level, interval_seconds=3600,
                             leak_threshold_mb=10, **kwargs)
     sampler = profiler._sampler
@@ -164,7 +165,7 @@ def test_snapshot_sites_exclude_leakyspanner_and_report_growth(tmp_path):
 
 
 def test_deep_snapshots_carry_multi_frame_tracebacks(tmp_path):
-    profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="deep", interval_seconds=3600)
+    profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="deep", interval_seconds=3600, allocator="tracemalloc")
     kept = [bytearray(500) for _ in range(1000)]
     profiler.stop()
     del kept

@@ -17,7 +17,8 @@ from capture_files import read_jsonl
 from fastapi import FastAPI
 
 from leakyspanner import Profiler, leakyspanner
-from leakyspanner.capture import allocations, profiler as profiler_module
+from leakyspanner.capture import allocations
+from leakyspanner.capture import profiler as profiler_module
 
 
 def _app() -> FastAPI:

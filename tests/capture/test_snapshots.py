@@ -125,7 +125,7 @@ def test_auto_mode_forks_only_when_that_is_predicted_to_stall_less(tracing):
 
 def test_a_failed_fork_is_recorded_as_an_event_and_the_session_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(allocations, "_child_main", lambda *args: os._exit(3))
-    profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="mid", interval_seconds=3600,
+    profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="mid", interval_seconds=3600, allocator="tracemalloc",
                             snapshot_mode="fork")
     kept = [bytearray(100) for _ in range(1000)]
     profiler._sampler.sites._inline_s_per_block = 0.0  # a small heap: inline is an acceptable fallback
@@ -180,7 +180,7 @@ def test_a_failed_fork_skips_the_snapshot_when_inline_would_stall_the_app_too_lo
 
 def test_a_skipped_snapshot_is_an_event_and_the_session_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(allocations, "_child_main", lambda *args: os._exit(3))
-    profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="mid", interval_seconds=3600,
+    profiler = leakyspanner(FastAPI(), log_path=tmp_path, level="mid", interval_seconds=3600, allocator="tracemalloc",
                             snapshot_mode="fork")
     profiler._sampler.sites._inline_s_per_block = 1.0
     profiler._sampler._snapshot()

@@ -12,6 +12,7 @@ import pytest
 from capture_files import only_session, read_jsonl
 
 from leakyspanner import schema
+from leakyspanner.capture import heap
 
 APP = """
 import asyncio
@@ -52,16 +53,19 @@ async def ws(websocket: WebSocket):
     await websocket.close()
 
 profiler = leakyspanner(app, log_path="logs", level="{level}", interval_seconds={interval},
-                        leak_threshold_mb=5)
+                        leak_threshold_mb=5, allocator="{allocator}")
 """
 
 
-def _app(level: str = "mid", interval: float = 0.25) -> str:
-    return APP.replace("{level}", level).replace("{interval}", str(interval))
+def _app(level: str = "mid", interval: float = 0.25, allocator: str = "auto") -> str:
+    return APP.replace("{level}", level).replace("{interval}", str(interval)).replace("{allocator}", allocator)
 
 
-def test_real_server_session_has_header_samples_requests_intervals_and_summary(serve, tmp_path):
-    server = serve(_app())
+@pytest.mark.parametrize("allocator", ["tracemalloc", "sampler"])
+def test_real_server_session_has_header_samples_requests_intervals_and_summary(serve, tmp_path, allocator):
+    if allocator == "sampler" and not heap.AVAILABLE:
+        pytest.skip(str(heap.UNAVAILABLE_REASON))
+    server = serve(_app(allocator=allocator))
     with httpx.Client(base_url=server.url) as client:
         for i in range(20):
             assert client.get(f"/items/{i}").json() == {"id": i, "state": "hello from lifespan"}
@@ -84,10 +88,17 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
     assert len(kept) == 4 and all(r["rss_after_bytes"] is not None for r in kept)
     intervals = records["endpoint_interval"]
     assert sum(i["calls"] for i in intervals) == 25
-    assert records["snapshot"], "mid level takes allocation snapshots"
-    # a small process with tens of thousands of blocks: forking stalls it less than inline
-    assert {s["mode"] for s in records["snapshot"]} == {"fork"}
-    assert children == [], "every snapshot child was reaped"
+    if allocator == "tracemalloc":
+        assert records["snapshot"], "mid level takes allocation snapshots"
+        # a small process with tens of thousands of blocks: forking stalls it less than inline
+        assert {s["mode"] for s in records["snapshot"]} == {"fork"}
+        assert children == [], "every snapshot child was reaped"
+        sites = json.dumps(records["snapshot"])
+    else:
+        assert "snapshot" not in records and records["heap"], "mid takes heap records from the sampler"
+        kept_bytes = {(row[0], row[1]): row[2] for row in records["heap"][-1]["endpoints"]}[("POST", "/keep")]
+        assert 0.75 * 4 * 3_000_000 <= kept_bytes <= 1.25 * 4 * 3_000_000
+        sites = json.dumps(records["heap"][-1]["sites"])
     summary = records["summary"][0]
     assert summary["requests_total"] == 25 and summary["net_growth_bytes"] > 8_000_000
     assert summary["endpoints"][0]["route"] == "/keep"
@@ -95,7 +106,7 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
     assert "ENDPOINT POST /keep  mem_delta=+" in text
     assert "MEMORY GROWTH ALERT" in text
     assert "LEAKYSPANNER SESSION SUMMARY" in text
-    assert "appmod.py" in json.dumps(records["snapshot"]), "the leaking line is among the sites"
+    assert "appmod.py" in sites, "the leaking line is among the sites"
 
 
 def test_shutdown_does_not_wait_for_the_sampling_interval(serve, tmp_path):
