@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
+from .commands.terminal import printable
 from .errors import LeakyspannerError
 
-__all__ = ["main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_LEAK", "EXIT_OK", "main"]
+
+EXIT_OK, EXIT_LEAK, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+_DEBUG_ENV = "LEAKYSPANNER_DEBUG"
+
+_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}  no leak found (or the command succeeded)
+  {EXIT_LEAK}  a leak was found, or a --fail-on-* gate was exceeded
+  {EXIT_BAD_INPUT}  bad input: unknown option or session, missing or unreadable path, not a
+     leakyspanner log, a log from a newer leakyspanner, an output path that cannot be written
+  {EXIT_INTERNAL}  internal error in leakyspanner (a bug: please report it; -v or
+     {_DEBUG_ENV}=1 shows the traceback)
+  130 interrupted (Ctrl-C)"""
 
 #: subcommand -> (module under leakyspanner.commands, one-line help)
 _COMMANDS = {
@@ -24,32 +40,63 @@ _COMMANDS = {
 }
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(prog="leakyspanner", description="Find memory leaks in FastAPI apps.")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="leakyspanner", description="Find memory leaks in FastAPI apps.",
+                                     epilog=_EXIT_CODES, formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"leakyspanner {_version()}")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true",
+                       help="print only verdict headlines and errors (no load warnings, no notes)")
+    noise.add_argument("-v", "--verbose", action="store_true",
+                       help=f"print the traceback of an internal error (same as {_DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, object] = {}
     for name, (module_name, help_text) in _COMMANDS.items():
         module = importlib.import_module(f"leakyspanner.commands.{module_name}")
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text, epilog=_EXIT_CODES,
+                                 formatter_class=formatter)
         module.add_arguments(command)  # type: ignore[attr-defined]
         modules[name] = module
     return parser, modules
 
 
+def _error(text: str) -> None:
+    print(f"leakyspanner: {printable(text)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; returns the process exit code (2 for usage or input errors)."""
+    """Run a subcommand; returns the process exit code (see ``leakyspanner --help``)."""
     parser, modules = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     if not args.command:
         parser.print_help()
-        return 2
+        return EXIT_BAD_INPUT
+    debug = args.verbose or os.environ.get(_DEBUG_ENV, "") not in ("", "0")
     try:
         return int(modules[args.command].run(args))  # type: ignore[attr-defined]
     except LeakyspannerError as exc:
-        print(f"leakyspanner: {exc}", file=sys.stderr)
-        return 2
+        _error(str(exc))
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug of ours: one line, a hint, the traceback only on request
+        if debug:
+            traceback.print_exc()
+        _error(f"internal error: {type(exc).__name__}: {exc}")
+        hint = "" if debug else f" (run with -v or {_DEBUG_ENV}=1 for the traceback)"
+        print(f"This is a bug in leakyspanner {_version()}: please report it, with the command you ran "
+              f"and its traceback{hint}.", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["LeakyspannerError", "MissingExtraError", "NotALogError", "SchemaVersionError", "require_extra"]
+__all__ = ["InputError", "LeakyspannerError", "MissingExtraError", "NotALogError", "SchemaVersionError",
+           "require_extra"]
 
 
 class LeakyspannerError(Exception):
     """Base class of every error leakyspanner raises on purpose."""
+
+
+class InputError(LeakyspannerError, ValueError):
+    """A value the user gave (a session id, an output path, an option) cannot be used as given."""
 
 
 class NotALogError(LeakyspannerError, ValueError):

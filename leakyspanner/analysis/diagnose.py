@@ -160,6 +160,7 @@ def _interval_matrix(s: Sessions, sid: str, samples: pd.DataFrame
     """Calls per endpoint per sampling interval, and the interval end times."""
     ts = samples["ts"].to_numpy(dtype=float, na_value=np.nan)
     intervals = s.intervals[s.intervals["session_id"] == sid] if len(s.intervals) else s.intervals
+    intervals = intervals[intervals["seq"].notna()] if len(intervals) else intervals  # the loader nulls bad seqs
     if len(intervals):
         frame = pd.DataFrame({"seq": intervals["seq"].astype("int64"),
                               "key": list(zip(intervals["method"].astype(str), intervals["route"].astype(str))),
@@ -393,15 +394,20 @@ def _delta_attribution(s: Sessions, sid: str, warm_ts: float, rss: Trend) -> lis
     growth_after = max(g, 0.0) * span * (1 - _WARMUP_FRACTION)
     contributions = {key: max(e.per_call, 0.0) * after.get(key, e.measured) for key, e in estimates.items()}
     total = sum(contributions.values()) or 1.0
+    # A request's own RSS delta names the endpoint, but its size runs low: the kernel
+    # batches RSS counter updates per thread, so short reads lag the pages touched.
+    # The whole session's RSS trend is exact, so the deltas only share it out.
+    scale = growth_after / total if growth_after > 0 and total > 1.0 else 1.0
     out = []
     for key, e in estimates.items():
         contribution = contributions[key]
-        significant = bool(e.per_call - 2.5 * e.stderr > 0 and contribution >= max(0.25 * growth_after, 2 * _MB)
+        significant = bool(e.per_call - 2.5 * e.stderr > 0 and contribution * scale >= max(0.25 * growth_after, 2 * _MB)
                            and rss.status == "leaking")
         out.append(EndpointAttribution(
             method=key[0], route=key[1], calls=int(counts[key][1][-1]) if key in counts else e.measured,
-            retained_bytes_per_call=max(e.per_call, 0.0), low_bytes_per_call=e.per_call - 1.645 * e.stderr,
-            high_bytes_per_call=e.per_call + 1.645 * e.stderr, naive_avg_delta_bytes=e.raw_mean,
+            retained_bytes_per_call=max(e.per_call, 0.0) * scale,
+            low_bytes_per_call=(e.per_call - 1.645 * e.stderr) * scale,
+            high_bytes_per_call=(e.per_call + 1.645 * e.stderr) * scale, naive_avg_delta_bytes=e.raw_mean,
             share_of_growth=contribution / total, significant=significant, evidence="request RSS deltas"))
     out.sort(key=lambda a: (a.significant, a.share_of_growth), reverse=True)
     return out
@@ -480,6 +486,7 @@ def _tagged_sites(s: Sessions, sid: str, warm_ts: float) -> list[GrowingSite]:
 # ---------------------------------------------------------------- sites
 def _sites(s: Sessions, sid: str, candidates: Sequence[EndpointAttribution], warm_ts: float) -> list[GrowingSite]:
     sites = s.sites[s.sites["session_id"] == sid] if len(s.sites) else s.sites
+    sites = sites[sites["snapshot_seq"].notna() & sites["ts"].notna()] if len(sites) else sites
     if not len(sites):
         return []
     snaps = sorted(sites["snapshot_seq"].unique())

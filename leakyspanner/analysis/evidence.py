@@ -94,12 +94,14 @@ def _session_rows(frame: pd.DataFrame, sid: str) -> pd.DataFrame:
 
 def tagged_endpoint_series(s: Sessions, sid: str) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
     """Heap record times, and per endpoint its estimated live bytes at each (0 where absent)."""
-    heaps = _session_rows(s.heaps, sid).sort_values("seq")
+    heaps = _session_rows(s.heaps, sid)
+    heaps = heaps[heaps["seq"].notna() & heaps["ts"].notna()].sort_values("seq") if len(heaps) else heaps
     if not len(heaps):
         return np.array([]), {}
     seqs = heaps["seq"].to_numpy(dtype="int64")
     ts = heaps["ts"].to_numpy(dtype=float, na_value=np.nan)
     rows = _session_rows(s.heap_endpoints, sid)
+    rows = rows[rows["heap_seq"].notna() & rows["size_bytes"].notna()] if len(rows) else rows
     if not len(rows):
         return ts, {}
     table = pd.DataFrame({"seq": rows["heap_seq"].astype("int64"),
@@ -113,8 +115,10 @@ def tagged_endpoint_series(s: Sessions, sid: str) -> tuple[np.ndarray, dict[tupl
 def tagged_site_series(s: Sessions, sid: str, endpoints: set[tuple[str, str]] | None = None
                        ) -> tuple[np.ndarray, dict[tuple[str, str, str, str | None], np.ndarray], pd.DataFrame]:
     """Per (method, route, site, app_site): live bytes at each heap record; and the rows' metadata."""
-    heaps = _session_rows(s.heaps, sid).sort_values("seq")
+    heaps = _session_rows(s.heaps, sid)
+    heaps = heaps[heaps["seq"].notna() & heaps["ts"].notna()].sort_values("seq") if len(heaps) else heaps
     rows = _session_rows(s.heap_sites, sid)
+    rows = rows[rows["heap_seq"].notna() & rows["size_bytes"].notna()] if len(rows) else rows
     if not len(heaps) or not len(rows):
         return np.array([]), {}, rows
     if endpoints is not None:

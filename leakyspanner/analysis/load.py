@@ -5,6 +5,19 @@ when no ``.jsonl`` with the same stem sits next to it (sessions from 0.1.x left
 nothing else). Bad lines never cost the rest of a file: they are skipped,
 listed in :attr:`Sessions.skipped` and reported in one :class:`LoadWarning`.
 
+What bad input gives: every value passes a typed check at the door (types
+from :data:`leakyspanner.schema.FIELDS`), so a value of the wrong shape (a list
+where a number belongs, a number written as a string, a bool for an int, a
+non-finite or out-of-range number, a timestamp past 2242) is left out as null,
+an entry of a nested list that is not of its type is dropped, and each is
+reported with its file and line in the same warning. No integer column ever
+holds a value beyond +-2**53, and fields that cannot be negative (sizes,
+counts, durations) never are. A header that is not ours, or whose
+``schema_version`` is not a whole number, is a :class:`~leakyspanner.errors.NotALogError`
+naming the path; a newer version a :class:`~leakyspanner.errors.SchemaVersionError`.
+A second header in one file (two sessions concatenated) starts a second
+session: the file loads as two. A UTF-8 byte order mark is ignored.
+
 Column types: integers are nullable ``Int64`` (a missing key is null), floats
 ``float64``, text ``str``, ``method``/``route`` categorical, ``time``/``start``
 ``datetime64[ns, UTC]``. ``ts`` stays Unix seconds and ``elapsed_s`` counts
@@ -13,6 +26,9 @@ from the session's ``start_ts``.
 
 from __future__ import annotations
 
+import bisect
+import codecs
+import functools
 import gc
 import glob
 import json
@@ -162,7 +178,7 @@ def _column(values: Sequence[Any], kind: str) -> Any:
     if kind == "int":
         # Through float64: exact below 2**53 bytes, and null-safe in one vectorised pass.
         as_float = _floats(values)
-        missing = ~np.isfinite(as_float)
+        missing = ~(np.abs(as_float) <= 2.0 ** 53)  # NaN, inf and what int64 cannot hold exactly
         return pd.arrays.IntegerArray(np.where(missing, 0, np.rint(as_float)).astype(np.int64), missing)
     if kind == "time":
         return _times(_floats(values))
@@ -178,7 +194,7 @@ def _column(values: Sequence[Any], kind: str) -> Any:
 def _times(seconds: np.ndarray) -> Any:
     """UTC datetimes from Unix seconds, rounded to the microsecond so float noise never shows."""
     micros = np.round(seconds * 1e6)
-    valid = np.isfinite(micros) & (np.abs(micros) < 9e18)
+    valid = np.isfinite(micros) & (np.abs(micros) < 9.2e15)  # datetime64[ns] spans +-9.2e15 microseconds
     stamps = np.where(valid, micros, 0).astype(np.int64)
     stamps[~valid] = np.iinfo(np.int64).min  # NaT
     return pd.DatetimeIndex(stamps.view("datetime64[us]")).tz_localize("UTC").as_unit("ns").array
@@ -219,17 +235,291 @@ def _value(record: dict[str, Any], key: Any) -> Any:
     return record.get(key)
 
 
+# ------------------------------------------------------------------ the door
+# Every value is checked against its field's type before it reaches a column. A
+# value of the wrong shape or outside its field's range is left out (null) and
+# reported with its line; a record without a kind is skipped. Types come from the
+# schema's descriptions, ranges from the names (units live in names): ``ts`` is
+# Unix seconds before 2242 (datetime64[ns] ends in 2262), durations are never
+# negative, integers stay exact in float64 (|n| <= 2**53: integer columns are
+# typed through float64), and nothing is negative unless its name says it is a
+# difference.
+
+_MAX_INT = 2 ** 53
+_MAX_TS = 2.0 ** 33
+_RANGES = {"count": (0, _MAX_INT), "int": (-_MAX_INT, _MAX_INT), "amount": (0, _MAX_INT),
+           "float": (-_MAX_INT, _MAX_INT), "seconds": (0.0, _MAX_TS), "ts": (0.0, _MAX_TS)}
+_EXPECTED = {"count": "a whole number >= 0 below 2^53", "int": "a whole number within +-2^53",
+             "amount": "a number >= 0", "float": "a finite number", "seconds": "seconds >= 0 below 2^33",
+             "ts": "Unix seconds between 1970 and 2242", "str": "text", "bool": "true or false"}
+_SIGNED_WORDS = ("delta", "diff", "growth")
+_TEXT_NAMES = frozenset({"method", "route", "file", "function", "app_file", "site", "coro", "event", "detail"})
+_NUMBER_TYPES = {int, float, type(None)}
+#: Keys of object fields the loader reads; their other keys are the writer's business.
+_READ_KEYS = {"config": ("interval_seconds", "interval_s", "leak_threshold_mb", "leak_threshold_bytes")}
+
+
+@functools.cache
+def _named_type(name: str) -> Any:
+    """The type of a value known only by its name."""
+    if name in _TEXT_NAMES:
+        return "str"
+    if name == "frames":
+        return ("frames",)
+    if name in ("ts", "ts_start") or name.endswith("_ts"):
+        return "ts"
+    if name.endswith(("_s", "_seconds")):
+        return "seconds"
+    if name.endswith("_mb"):
+        return "amount"
+    return "int" if any(word in name for word in _SIGNED_WORDS) else "count"
+
+
+def _default_names(description: str) -> tuple[str, ...]:
+    """Row field names a ``*_fields`` description gives: a JSON list, or a schema constant's name."""
+    literal = re.search(r"\[.*\]", description.split(",", 1)[1] if "," in description else "")
+    if literal:
+        return tuple(json.loads(literal.group(0)))
+    names = getattr(schema, description.split(",", 1)[-1].strip(), ())
+    return tuple(names) if isinstance(names, (list, tuple)) else ()
+
+
+def _described_type(kind: str, name: str, description: str) -> Any:
+    head = description.split(",", 1)[0].split(":", 1)[0].strip()
+    named = _named_type(name)
+    if head.startswith(('"', "always", "str")):
+        return "str"
+    if head.startswith("bool"):
+        return "bool"
+    if head.startswith("list[int]"):
+        return ("list", named if named in ("count", "int") else "count")
+    if head.startswith("list[str]"):
+        return ("list", "str")
+    if head.startswith("list[list]"):
+        fields_name = f"{name.removesuffix('s')}_fields"
+        names = _default_names(schema.FIELDS[kind].get(fields_name, ""))
+        return ("rows", fields_name, names)
+    if head.startswith("list[object]"):
+        return ("records", {word: _named_type(word) for word in re.findall(r"[a-z][a-z0-9_]*", description)})
+    if head.startswith("object"):
+        if "->" in description:
+            return ("map", "count")
+        return ("object", {key: _named_type(key) for key in _READ_KEYS.get(name, ())})
+    if head.startswith("int"):
+        return named if named in ("count", "int") else "count"
+    if head.startswith("float"):
+        return named if named in ("ts", "seconds") else "float"
+    return "any"
+
+
+def _field_types() -> dict[str, dict[str, Any]]:
+    """Record kind -> field -> type: the one table the door checks against."""
+    types = {kind: {name: _described_type(kind, name, description) for name, description in fields.items()}
+             for kind, fields in schema.FIELDS.items()}
+    types["request"] = {name: _named_type(name)
+                        for name in (*schema.REQUEST_FIELDS, *(delta for delta, _, _ in _REQUEST_DELTAS))}
+    return types
+
+
+_FIELD_TYPES = _field_types()
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 24 else value[:24] + "...")
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "an integer beyond 64 bits"
+    return repr(value)
+
+
+def _why(value: Any, kind: Any) -> str | None:
+    """None when ``value`` (not null) is of scalar type ``kind``, else why not."""
+    if kind == "str":
+        ok = type(value) is str
+    elif kind == "bool":
+        ok = type(value) is bool
+    elif kind in _RANGES:
+        low, high = _RANGES[kind]
+        ok = (type(value) in (int, float) and low <= value <= high
+              and (kind not in ("count", "int") or type(value) is int or value.is_integer()))
+    else:
+        return None
+    return None if ok else f"{_shown(value)} is not {_EXPECTED[kind]}"
+
+
+def _checked(values: Sequence[Any], kind: str) -> tuple[Any, list[tuple[int, str]]]:
+    """``values`` with every one not of scalar type ``kind`` nulled, and (index, why) of those.
+
+    A numeric column comes back as float64 (null as NaN), which the typed
+    columns take as it is: a million requests cost one pass for the set of
+    types and one numpy comparison for the range per column.
+    """
+    types = set(map(type, values))
+    if kind in _RANGES and types <= _NUMBER_TYPES:
+        try:
+            numbers = np.array(values, dtype=np.float64)  # None becomes NaN
+        except OverflowError:  # an int beyond float64: look value by value below
+            pass
+        else:
+            low, high = _RANGES[kind]
+            with np.errstate(invalid="ignore"):
+                fine = np.isnan(numbers) | ((numbers >= low) & (numbers <= high))
+                if kind in ("count", "int") and float in types:
+                    fine &= np.isnan(numbers) | (numbers == np.rint(numbers))
+            if fine.all():
+                return numbers, []
+            bad = [(i, why) for i in np.flatnonzero(~fine).tolist() if (why := _why(values[i], kind)) is not None]
+            numbers[[i for i, _ in bad]] = np.nan
+            return numbers, bad
+    elif kind not in _RANGES and (kind not in ("str", "bool") or types <= {str if kind == "str" else bool, type(None)}):
+        return values, []
+    bad = [(i, why) for i, value in enumerate(values) if value is not None and (why := _why(value, kind)) is not None]
+    fixed = list(values)
+    for i, _ in bad:
+        fixed[i] = None
+    return fixed, bad
+
+
+def _conform(value: Any, kind: Any, record: dict[str, Any]) -> tuple[Any, str | None]:
+    """``value`` as its container type ``kind`` allows (bad parts nulled or dropped), and what was wrong."""
+    shape = kind[0]
+    if shape == "object" or shape == "map":
+        if not isinstance(value, dict):
+            return None, f"{_shown(value)} is not an object"
+        checks = kind[1].items() if shape == "object" else ((key, kind[1]) for key in list(value))
+        problems = [(key, why) for key, item_kind in checks
+                    if value.get(key) is not None and (why := _why(value[key], item_kind)) is not None]
+        for key, _ in problems:
+            if shape == "map":
+                del value[key]
+            else:
+                value[key] = None
+        return value, _summed(problems, len(value), "key")
+    if not isinstance(value, list):
+        return None, f"{_shown(value)} is not a list"
+    problems: list[tuple[Any, str]] = []
+    if shape == "list":
+        for i, item in enumerate(value):
+            if item is not None and (why := _why(item, kind[1])) is not None:
+                value[i] = None
+                problems.append((i, why))
+        return value, _summed(problems, len(value), "item")
+    kept = []
+    for i, item in enumerate(value):
+        why = None
+        if shape == "rows":
+            names = record.get(kind[1])
+            if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+                names = kind[2]
+            if not isinstance(item, list):
+                why = f"{_shown(item)} is not a list"
+            else:
+                for name, cell in zip(names, item):
+                    if cell is not None and (why := _why(cell, _named_type(name))) is not None:
+                        why = f"{name} {why}"
+                        break
+        elif shape == "records":
+            if not isinstance(item, dict):
+                why = f"{_shown(item)} is not an object"
+            else:
+                for key, item_kind in kind[1].items():
+                    cell = item.get(key)
+                    if cell is None:
+                        continue
+                    if isinstance(item_kind, tuple):
+                        item[key], why = _conform(cell, item_kind, item)
+                    else:
+                        why = _why(cell, item_kind)
+                    if why is not None:
+                        why = f"{key} {why}"
+                        break
+        elif shape == "frames":
+            if not (isinstance(item, list) and len(item) == 2 and _why(item[0], "str") is None
+                    and _why(item[1], "count") is None):
+                why = f"{_shown(item)} is not a [file, line] pair"
+        (problems.append((i, why)) if why is not None else kept.append(item))
+    return kept, _summed(problems, len(value), "entry")
+
+
+def _summed(problems: list[tuple[Any, str]], total: int, noun: str) -> str | None:
+    if not problems:
+        return None
+    where, why = problems[0]
+    more = f" ({len(problems)} of {total} {noun.replace('ry', 'rie')}s)" if len(problems) > 1 else ""
+    return f"{noun} {where!r}: {why}{more}" if noun == "key" else f"{noun} {where}: {why}{more}"
+
+
+def _admit_records(records: list[Any], numbers: list[int],
+                   skipped: list[tuple[int, str]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records that have a kind (and their lines), each field of a known kind checked against its type."""
+    kept, kept_numbers = [], []
+    for record, number in zip(records, numbers):
+        if isinstance(record.get("kind"), str):
+            kept.append(record)
+            kept_numbers.append(number)
+        else:
+            skipped.append((number, "not a record: no kind"))
+    by_kind: dict[str, list[int]] = {}
+    for i, record in enumerate(kept):
+        by_kind.setdefault(record["kind"], []).append(i)
+    for kind, where in by_kind.items():
+        for name, field_type in _FIELD_TYPES.get(kind, {}).items():
+            if name == "kind":
+                continue
+            if isinstance(field_type, str):
+                _, problems = _checked([kept[i].get(name) for i in where], field_type)
+                for j, why in problems:
+                    kept[where[j]][name] = None
+                    skipped.append((kept_numbers[where[j]], f"{kind} {name}: {why}"))
+                continue
+            for i in where:
+                value = kept[i].get(name)
+                if value is not None:
+                    kept[i][name], why = _conform(value, field_type, kept[i])
+                    if why is not None:
+                        skipped.append((kept_numbers[i], f"{kind} {name}: {why}"))
+    return kept, kept_numbers
+
+
+def _admit_requests(requests: dict[str, Sequence[Any]], numbers: Sequence[int],
+                    skipped: list[tuple[int, str]]) -> None:
+    """Null every request value that is not of its field's type (columns are replaced, not edited)."""
+    for name, values in list(requests.items()):
+        field_type = _FIELD_TYPES["request"].get(name)
+        if field_type is not None:
+            requests[name], problems = _checked(values, field_type)
+            skipped += [(int(numbers[i]), f"request {name}: {why}") for i, why in problems]
+
+
+def _admit(parsed: _Parsed) -> None:
+    """Check a parsed session at the door: header, records and requests."""
+    header = {**parsed.header, "kind": "header"}  # the human log's header has no kind of its own
+    parsed.header = _admit_records([header], [parsed.header_line], parsed.skipped)[0][0]
+    parsed.records, parsed.record_lines = _admit_records(parsed.records, parsed.record_lines, parsed.skipped)
+    _admit_requests(parsed.requests, parsed.request_lines, parsed.skipped)
+    parsed.skipped.sort()
+
+
 # ------------------------------------------------------------------- parsing
 
 @dataclass
 class _Parsed:
-    """One file's content in schema vocabulary, whichever format it came from."""
+    """One session's content in schema vocabulary, whichever format it came from, with line numbers."""
 
     format: str
     header: dict[str, Any]
     records: list[dict[str, Any]]
     requests: dict[str, Sequence[Any]]
     skipped: list[tuple[int, str]]
+    header_line: int = 1
+    record_lines: list[int] = field(default_factory=list)
+    request_lines: Sequence[int] = ()
 
 
 def _loads_or_none(line: bytes) -> Any:
@@ -239,47 +529,61 @@ def _loads_or_none(line: bytes) -> Any:
         return None
 
 
-def _request_rows(lines: list[bytes], is_request: list[bool],
-                  width: int) -> tuple[list[list[Any]], list[tuple[int, str]]]:
-    """Parse every request line, in one ``loads`` call when the file is clean."""
+def _request_rows(lines: list[bytes], is_request: list[bool]) -> tuple[list[Any], np.ndarray, list[tuple[int, str]]]:
+    """Parse every request line, in one ``loads`` call when the file is clean: (rows, their line numbers, skipped)."""
+    numbers = np.flatnonzero(np.array(is_request, dtype=bool)) + 1
     try:
         rows = _loads(b"[" + b",".join(list(compress(lines, is_request))) + b"]")
-        if all(n == width for n in set(map(len, rows))):
-            return rows, []
+        if len(rows) == len(numbers) and set(map(type, rows)) <= {list}:  # else a line held two values
+            return rows, numbers, []
     except (ValueError, TypeError):
         pass
     # Something is off: go chunk by chunk, line by line only inside a bad chunk.
     numbered = list(compress(enumerate(lines, 1), is_request))
-    rows, skipped = [], []
+    rows, kept, skipped = [], [], []
     for start in range(0, len(numbered), _CHUNK_LINES):
         chunk = numbered[start:start + _CHUNK_LINES]
         try:
             parsed = _loads(b"[" + b",".join([ln for _, ln in chunk]) + b"]")
         except ValueError:
+            parsed = None
+        if parsed is None or len(parsed) != len(chunk):
             parsed = [_loads_or_none(ln) for _, ln in chunk]
         for (number, _), row in zip(chunk, parsed):
-            if not isinstance(row, list):
-                skipped.append((number, "not valid JSON"))
-            elif len(row) != width:
-                skipped.append((number, f"request record has {len(row) - 1} values, the header names {width - 1}"))
-            else:
+            if isinstance(row, list):
                 rows.append(row)
-    return rows, skipped
+                kept.append(number)
+            else:
+                skipped.append((number, "not valid JSON"))
+    return rows, np.array(kept, dtype=np.int64), skipped
 
 
-def _parse_jsonl(path: Path, data: bytes) -> _Parsed:
+def _header_problem(path: Path, header: Any, number: int) -> errors.LeakyspannerError | None:
+    """Why a header line cannot open a session (not ours, malformed version, newer schema), or None."""
+    if not (isinstance(header, dict) and header.get("kind") == "header"
+            and header.get("format") == schema.FORMAT_NAME):
+        return errors.NotALogError(
+            f"{path} is not a leakyspanner log: its first line is not a {schema.FORMAT_NAME} header")
+    version = header.get("schema_version")
+    if version is not None and (type(version) is not int or version < 1):
+        return errors.NotALogError(
+            f"{path} has an invalid header on line {number}: schema_version is {_shown(version)}, "
+            "not a whole number >= 1; the file is damaged or was not written by leakyspanner")
+    if version is not None and version > schema.SCHEMA_VERSION:
+        return errors.SchemaVersionError(
+            f"{path} was written with schema version {version}, but this leakyspanner reads "
+            f"schema version {schema.SCHEMA_VERSION} and older; upgrade leakyspanner to load it.")
+    return None
+
+
+def _parse_jsonl(path: Path, data: bytes) -> list[_Parsed]:
+    """One session per header line: two sessions concatenated into one file load as two."""
     lines = data.split(b"\n")
     first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     header = _loads_or_none(lines[first]) if first is not None else None
-    if not (isinstance(header, dict) and header.get("kind") == "header"
-            and header.get("format") == schema.FORMAT_NAME):
-        raise errors.NotALogError(
-            f"{path} is not a leakyspanner log: its first line is not a {schema.FORMAT_NAME} header")
-    version = header.get("schema_version")
-    if isinstance(version, int) and version > schema.SCHEMA_VERSION:
-        raise errors.SchemaVersionError(
-            f"{path} was written with schema version {version}, but this leakyspanner reads "
-            f"schema version {schema.SCHEMA_VERSION} and older; upgrade leakyspanner to load it.")
+    problem = _header_problem(path, header, (first or 0) + 1)
+    if problem is not None:
+        raise problem
     lines[first] = b""
     skipped: list[tuple[int, str]] = []
     if lines[-1].strip() and _loads_or_none(lines[-1]) is None:
@@ -287,47 +591,82 @@ def _parse_jsonl(path: Path, data: bytes) -> _Parsed:
         skipped.append((len(lines), "torn last line"))
         lines[-1] = b""
 
-    names = header.get("request_fields")
-    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        names = list(schema.REQUEST_FIELDS)
     # Classify with C-level loops: a million lines make any Python-level pass show.
     is_request = list(map(bytes.startswith, lines, repeat(_REQUEST_PREFIX)))
-    rows, bad = _request_rows(lines, is_request, 1 + len(names))
+    rows, row_lines, bad = _request_rows(lines, is_request)
     skipped += bad
-    columns = list(zip(*rows)) if rows else [() for _ in range(len(names) + 1)]
-    requests = dict(zip(names, columns[1:]))
-
-    del rows
-    records = []
+    records, record_lines = [], []
+    headers = [(first + 1, header)]
     for index in np.flatnonzero(~np.array(is_request, dtype=bool)).tolist():
         line, number = lines[index], index + 1
         if not line.strip():
             continue
         record = _loads_or_none(line)
-        if isinstance(record, dict):
+        if isinstance(record, dict) and record.get("kind") == "header":
+            if record.get("format") != schema.FORMAT_NAME:
+                skipped.append((number, f"a header without format {schema.FORMAT_NAME!r}"))
+                continue
+            problem = _header_problem(path, record, number)
+            if problem is not None:
+                raise problem
+            headers.append((number, record))  # a second session begins here
+        elif isinstance(record, dict):
             records.append(record)
+            record_lines.append(number)
         elif not isinstance(record, list):  # other arrays are future record kinds: ignored
             skipped.append((number, "not valid JSON" if record is None else "not a record"))
-    skipped.sort()
-    return _Parsed(_JSONL, header, records, requests, skipped)
+
+    parts = []
+    ends = [number for number, _ in headers[1:]] + [len(lines) + 1]
+    for (start, part_header), end in zip(headers, ends):
+        lo, hi = np.searchsorted(row_lines, [start, end]).tolist()
+        first_record, end_record = bisect.bisect_left(record_lines, start), bisect.bisect_left(record_lines, end)
+        part = _Parsed(_JSONL, part_header, records[first_record:end_record], {},
+                       [s for s in skipped if start <= s[0] < end], header_line=start,
+                       record_lines=record_lines[first_record:end_record])
+        part.requests, part.request_lines = _request_columns(part, rows[lo:hi], row_lines[lo:hi])
+        parts.append(part)
+    return parts
 
 
-def _parse_file(path: Path) -> _Parsed:
+def _request_columns(part: _Parsed, rows: list[Any],
+                     numbers: np.ndarray) -> tuple[dict[str, Sequence[Any]], np.ndarray]:
+    """Request rows as columns named by the session's header; rows of another width are skipped."""
+    names = part.header.get("request_fields")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = list(schema.REQUEST_FIELDS)
+    width = 1 + len(names)
+    if any(n != width for n in set(map(len, rows))):
+        keep = [len(row) == width for row in rows]
+        part.skipped += [(int(number), f"request record has {len(row) - 1} values, the header names {width - 1}")
+                         for row, number, ok in zip(rows, numbers.tolist(), keep) if not ok]
+        rows, numbers = list(compress(rows, keep)), numbers[np.array(keep, dtype=bool)]
+    columns = list(zip(*rows)) if rows else [() for _ in range(width)]
+    return dict(zip(names, columns[1:])), numbers
+
+
+def _parse_file(path: Path) -> list[_Parsed]:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise errors.NotALogError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    data = data.removeprefix(codecs.BOM_UTF8)  # editors on Windows add one; line numbers are unchanged
     start = re.match(rb"\s*", data).end()  # type: ignore[union-attr]
     if data[start:start + 1] == b"{":
-        return _parse_jsonl(path, data)
-    log = legacy.parse_legacy(data.decode("utf-8", errors="replace"), stem=path.stem,
-                              fallback_start_ts=path.stat().st_mtime)
-    if log is None:
-        raise errors.NotALogError(f"{path} is not a leakyspanner log: no line of it is in a leakyspanner format")
-    return _Parsed(_LEGACY, log.header, log.records, log.requests, log.skipped)
+        parts = _parse_jsonl(path, data)
+    else:
+        log = legacy.parse_legacy(data.decode("utf-8", errors="replace"), stem=path.stem,
+                                  fallback_start_ts=path.stat().st_mtime)
+        if log is None:
+            raise errors.NotALogError(f"{path} is not a leakyspanner log: no line of it is in a leakyspanner format")
+        parts = [_Parsed(_LEGACY, log.header, log.records, log.requests, log.skipped, header_line=1,
+                         record_lines=log.record_lines, request_lines=log.request_lines)]
+    for part in parts:
+        _admit(part)
+    return parts
 
 
-def _parse_or_fall_back(path: Path, skipped: list[tuple[str, int, str]]) -> tuple[Path, _Parsed]:
+def _parse_or_fall_back(path: Path, skipped: list[tuple[str, int, str]]) -> tuple[Path, list[_Parsed]]:
     """Parse ``path``; a ``.jsonl`` killed before its header reached the disk yields to its ``.log``."""
     try:
         return path, _parse_file(path)
@@ -434,7 +773,8 @@ class _Collector:
         n = len(next(iter(columns.values()), ()))
         data: dict[str, Any] = {"session_id": pd.array(np.full(n, sid, dtype=object), dtype=_STR)}
         for name, kind in _REQUEST_SPEC[1:1 + len(schema.REQUEST_FIELDS)]:
-            data[name] = _column(columns.get(name) or [None] * n, kind)
+            values = columns.get(name)  # a list, or float64 when checked at the door
+            data[name] = _column(values if values is not None else [None] * n, kind)
         ts = data["ts"]
         data["time"] = _column(ts, "time")
         data["elapsed_s"] = ts - (start_ts if isinstance(start_ts, (int, float)) else np.nan)
@@ -664,7 +1004,8 @@ def _warn(skipped: list[tuple[str, int, str]]) -> None:
     for path, items in by_file.items():
         more = f" and {len(items) - _SHOWN_LINES} more" if len(items) > _SHOWN_LINES else ""
         parts.append(f"{path} line{'s' if len(items) > 1 else ''} {', '.join(items[:_SHOWN_LINES])}{more}")
-    warnings.warn(f"leakyspanner skipped {len(skipped)} unreadable line{'s' if len(skipped) > 1 else ''} "
+    plural = "s" if len(skipped) > 1 else ""
+    warnings.warn(f"leakyspanner skipped {len(skipped)} unreadable line{plural} or value{plural} "
                   f"and loaded the rest: {'; '.join(parts)}", LoadWarning, stacklevel=3)
 
 
@@ -674,22 +1015,24 @@ def load(source: _Source, *, warn: bool = True) -> Sessions:
     Raises :class:`~leakyspanner.errors.NotALogError` when nothing there is a
     leakyspanner session (or a file named explicitly is not one) and
     :class:`~leakyspanner.errors.SchemaVersionError` for files from a newer
-    leakyspanner. Unreadable lines are skipped and, with ``warn``, reported in
-    one :class:`LoadWarning`.
+    leakyspanner. Unreadable lines, and values not of their field's type, are
+    left out and, with ``warn``, reported in one :class:`LoadWarning`. A file
+    holding two sessions (a second header line) loads as two sessions.
     """
     collector = _Collector()
     with _gc_paused():
         found = _collect(source)
         for path, explicit in found:
             try:
-                used, parsed = _parse_or_fall_back(path, collector.skipped)
+                used, parts = _parse_or_fall_back(path, collector.skipped)
             except errors.NotALogError as exc:
                 if explicit:
                     raise
                 if path.name.startswith(schema.STEM_PREFIX):  # ours by name, yet unreadable: say so
                     collector.skipped.append((str(path), 1, str(exc).removeprefix(f"{path} ")))
                 continue
-            collector.add(used, parsed)
+            for parsed in parts:
+                collector.add(used, parsed)
         if not collector.raw["sessions"]["session_id"]:
             where = ", ".join(sorted({str(path.parent) for path, _ in found}))
             raise errors.NotALogError(f"no leakyspanner session found in {where}: "

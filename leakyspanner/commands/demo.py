@@ -64,8 +64,10 @@ def last_snapshot_sites(jsonl_path: str | os.PathLike[str], limit: int = _TOP_SI
                 record = json.loads(line)
             except ValueError:
                 continue  # a torn last line
-            kind = record.get("kind")
-            if kind == "header" and int(record.get("schema_version") or 0) > SCHEMA_VERSION:
+            if not isinstance(record, dict):
+                continue
+            kind, version = record.get("kind"), record.get("schema_version")
+            if kind == "header" and type(version) is int and version > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{jsonl_path} has schema_version {record['schema_version']}, newer than this "
                     f"leakyspanner reads ({SCHEMA_VERSION}); upgrade leakyspanner"

@@ -9,15 +9,26 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["add_arguments", "dashboard_url", "is_loopback", "run"]
+__all__ = ["add_arguments", "allowed_hosts", "dashboard_url", "is_loopback", "run"]
 
 _DEFAULT_PORT = 8787
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number, 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535 (0: any free port), got {text!r}")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="a session .jsonl/.log file, or a directory of them")
-    parser.add_argument("--port", type=int, default=_DEFAULT_PORT,
+    parser.add_argument("--port", type=_port, default=_DEFAULT_PORT,
                         help=f"port to serve on (default {_DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: only this machine can connect)")
@@ -34,6 +45,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """Host names to answer besides the usual loopback names: the address bound (``*`` for a wildcard).
+
+    The URL printed names the bound address, so the Host header the browser sends
+    for it must pass: ``--host 127.0.0.2`` answers to ``127.0.0.2:PORT``.
+    """
+    if host in _WILDCARDS:
+        return ["*"]
+    name = f"[{host.strip('[]')}]" if ":" in host else host
+    return None if name.lower() in ("127.0.0.1", "localhost", "[::1]") else [name]
 
 
 def dashboard_url(host: str, port: int) -> str:
@@ -89,9 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     host = args.host
     loopback = is_loopback(host)
-    # Wildcard binds answer to any Host header; a named address to its own name as well as loopback.
-    allowed = None if loopback else (["*"] if host in _WILDCARDS else [host if ":" not in host else f"[{host.strip('[]')}]"])
-    app = create_app(args.path, follow=not args.no_follow, allowed_hosts=allowed)
+    app = create_app(args.path, follow=not args.no_follow, allowed_hosts=allowed_hosts(host))
     sock = _bind(host, args.port)
     url = dashboard_url(host, sock.getsockname()[1])
     sessions = len(app.state.dashboard.session_ids)

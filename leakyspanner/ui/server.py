@@ -21,8 +21,9 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "Dashboard",
     "HostCheckMiddleware",
     "LOOPBACK_HOSTS",
+    "MAX_LOOKUPS",
     "MAX_POINTS",
     "STATIC_DIR",
     "SecurityHeadersMiddleware",
@@ -313,6 +315,10 @@ def compare_payload(before: Sessions, before_id: str, after: Sessions, after_id:
 
 # -------------------------------------------------------------------- cache
 
+#: Client-chosen lookups (endpoint histograms, snapshot diffs, comparisons) kept per file.
+MAX_LOOKUPS = 128
+
+
 def _stat_key(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -321,30 +327,62 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _session_files(root: Path) -> list[Path]:
-    """Session files under ``root`` as ``load`` finds them: two levels deep, .log only without a .jsonl."""
+def _inside(path: Path, base: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(base)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _session_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """Session files under ``root`` as ``load`` finds them (two levels deep, .log only without a
+    .jsonl), and those left out because a symlink leads outside ``root``."""
     if root.is_file():
-        return [root]
+        return [root], []
     suffixes = (schema.JSONL_SUFFIX, schema.LOG_SUFFIX)
     found = sorted(p for p in [*root.glob("*"), *root.glob("*/*")] if p.suffix in suffixes and p.is_file())
+    base = root.resolve()
+    outside = [p for p in found if not _inside(p, base)]
+    found = [p for p in found if p not in outside]
     stems = {(p.parent, p.stem) for p in found if p.suffix == schema.JSONL_SUFFIX}
-    return [p for p in found if p.suffix == schema.JSONL_SUFFIX or (p.parent, p.stem) not in stems]
+    return [p for p in found if p.suffix == schema.JSONL_SUFFIX or (p.parent, p.stem) not in stems], outside
 
 
 def _renamed(sessions: Sessions, old: str, new: str) -> Sessions:
     """The same sessions with one id replaced in every frame (two files with one session id)."""
     frames = {}
-    for name in ("sessions", "samples", "tasks", "requests", "intervals", "snapshots", "sites", "traces",
-                 "alerts", "events", "endpoints"):
-        frame = getattr(sessions, name).copy()
-        frame["session_id"] = frame["session_id"].where(frame["session_id"] != old, new)
-        frames[name] = frame
+    for f in fields(sessions):
+        frame = getattr(sessions, f.name)
+        if isinstance(frame, pd.DataFrame):
+            frame = frame.copy()
+            frame["session_id"] = frame["session_id"].where(frame["session_id"] != old, new)
+            frames[f.name] = frame
     return replace(sessions, **frames)
+
+
+def _servable(session_id: str) -> str:
+    """An id that fits in one URL path segment: ``/`` and ``\\`` become ``_``, dot-segments get one."""
+    served = session_id.replace("/", "_").replace("\\", "_")
+    return f"_{served}" if served in ("", ".", "..") else served
+
+
+def _known_endpoints(sessions: Sessions, session_id: str) -> frozenset[tuple[str, str]]:
+    """(method, route) pairs :func:`endpoint_distribution` has something for."""
+    table = endpoint_table(sessions, session_id=session_id)
+    requests = _of(sessions.requests, session_id)[["method", "route"]].drop_duplicates()
+    pairs = [*zip(table["method"], table["route"]), *zip(requests["method"], requests["route"])]
+    return frozenset((m, r) for m, r in pairs if isinstance(m, str) and isinstance(r, str))
 
 
 @dataclass
 class _Entry:
-    """One loaded file and what was computed from it, valid while its (size, mtime) holds."""
+    """One loaded file and what was computed from it, valid while its (size, mtime) holds.
+
+    ``lock`` is held while computing from this file's sessions, so a big session's
+    first verdict delays only requests about that file. ``derived`` holds one
+    value per session and kind (verdict, list row, detail); ``lookups`` the
+    client-chosen ones, least recently used dropped beyond :data:`MAX_LOOKUPS`.
+    """
 
     path: Path
     key: tuple[int, int]
@@ -353,6 +391,8 @@ class _Entry:
     loaded_at: float
     ids: dict[str, str] = field(default_factory=dict)  # id in the file -> id served
     derived: dict[Any, Any] = field(default_factory=dict)
+    lookups: OrderedDict[Any, Any] = field(default_factory=OrderedDict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def version(self) -> str:
@@ -365,23 +405,28 @@ class Dashboard:
     With ``follow``, a file that grew is reloaded when its data is next asked
     for (at most every ``max(1 s, 2 x the time spent loading and analysing
     it)``, so a big live session cannot keep the server busy) and new session files
-    under a directory are picked up. Thread-safe: the server calls it from
-    its thread pool.
+    under a directory are picked up; a file that failed to load is tried again
+    only once its size or mtime changes. Thread-safe: the server calls it from
+    its thread pool. ``_lock`` guards only the maps of files and ids and is never
+    held while loading or computing; that happens under the file's own lock.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, follow: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(path)
         self.follow = follow
-        self.problems: list[str] = []
         self._clock = clock
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._entries: dict[Path, _Entry] = {}
         self._where: dict[str, _Entry] = {}
+        self._failed: dict[Path, tuple[tuple[int, int], str]] = {}  # file -> (stat key, why) when it failed
+        self._outside: list[Path] = []
+        self._loaders: dict[Path, threading.Lock] = {}
         self._last_scan = clock()
         if not self.root.exists():
             raise errors.NotALogError(f"{self.root} does not exist: pass a session log file or a directory of them")
-        for file in _session_files(self.root):
+        files, self._outside = _session_files(self.root)
+        for file in files:
             self._load(file, explicit=self.root.is_file())
         if not self._where:
             detail = f" ({'; '.join(self.problems)})" if self.problems else ""
@@ -392,34 +437,53 @@ class Dashboard:
         # them out in the background so the first page view finds them ready.
         threading.Thread(target=self._warm, name="ui-verdict-warmup", daemon=True).start()
 
+    @property
+    def problems(self) -> list[str]:
+        """Why session files under PATH are not shown: one line per file, for as long as it stays so."""
+        with self._lock:
+            failed = [why for file, (_, why) in sorted(self._failed.items())
+                      if file.name.startswith(schema.STEM_PREFIX)]
+            outside = [f"{file} is not served: it links outside {self.root}" for file in self._outside]
+        return failed + outside
+
     def _warm(self) -> None:
-        for session_id in list(self._where):
-            with self._lock:
-                entry = self._where.get(session_id)
-                if entry is not None:
-                    self._verdict(entry, session_id)
+        for session_id in self.session_ids:
+            entry = self._entry(session_id)
+            if entry is not None:
+                self._verdict(entry, session_id)
 
     # -- loading
     def _load(self, file: Path, *, explicit: bool = False) -> None:
-        key = _stat_key(file)
-        if key is None:
-            return
-        started = time.perf_counter()
-        try:
-            sessions = load(file, warn=False)
-        except (errors.NotALogError, errors.SchemaVersionError) as exc:
-            if explicit:
-                raise
-            if file.name.startswith(schema.STEM_PREFIX):
-                self.problems.append(str(exc))
-            return
-        old = self._entries.get(file)
-        entry = _Entry(file, key, sessions, time.perf_counter() - started, self._clock())
-        for sid in sessions.session_ids:
+        """(Re)load ``file`` unless it is loaded, or failed, at its current size and mtime."""
+        with self._lock:
+            loader = self._loaders.setdefault(file, threading.Lock())
+        with loader:  # one load per file at a time; requests for other files go on
+            key = _stat_key(file)
+            with self._lock:
+                current, failed = self._entries.get(file), self._failed.get(file)
+            if key is None or (current is not None and current.key == key) or (failed and failed[0] == key):
+                return
+            started = time.perf_counter()
+            try:
+                sessions = load(file, warn=False)
+            except Exception as exc:  # one unreadable file must not hide the others
+                if explicit:
+                    raise
+                why = str(exc) if isinstance(exc, errors.LeakyspannerError) else f"{file}: {type(exc).__name__}: {exc}"
+                with self._lock:
+                    self._failed[file] = (key, why)
+                return
+            entry = _Entry(file, key, sessions, time.perf_counter() - started, self._clock())
+            with self._lock:
+                self._publish(entry, current)
+
+    def _publish(self, entry: _Entry, old: _Entry | None) -> None:
+        """Serve ``entry``'s sessions (under ``_lock``): ids kept across reloads, unique, one path segment."""
+        for sid in entry.sessions.session_ids:
             served = next((s for s, e in self._where.items() if e is old and old.ids.get(sid) == s), None)
             if served is None:
-                served = sid
-                while served in self._where and self._where[served].path != file:
+                served = _servable(sid)
+                while served in self._where and self._where[served].path != entry.path:
                     served += "'"
             if served != sid:
                 entry.sessions = _renamed(entry.sessions, sid, served)
@@ -427,7 +491,8 @@ class Dashboard:
         if old is not None:
             for sid in [s for s, e in self._where.items() if e is old]:
                 del self._where[sid]
-        self._entries[file] = entry
+        self._entries[entry.path] = entry
+        self._failed.pop(entry.path, None)
         for served in entry.ids.values():
             self._where[served] = entry
 
@@ -439,28 +504,55 @@ class Dashboard:
         due = entry.loaded_at + max(1.0, 2 * entry.cost_s) <= self._clock()
         if key is not None and key != entry.key and due:
             self._load(entry.path)
-            return self._entries[entry.path]
+            with self._lock:
+                return self._entries.get(entry.path, entry)
         return entry
 
     def _scan(self) -> None:
         """Pick up new session files under a followed directory, at most once a second."""
-        if not self.follow or self.root.is_file() or self._clock() - self._last_scan < 1.0:
+        if not self.follow or self.root.is_file():
             return
-        self._last_scan = self._clock()
-        for file in _session_files(self.root):
-            if file not in self._entries:
-                self._load(file)
+        with self._lock:
+            if self._clock() - self._last_scan < 1.0:
+                return
+            self._last_scan = self._clock()
+        files, outside = _session_files(self.root)
+        with self._lock:
+            self._outside = outside
+            new = [file for file in files if file not in self._entries]
+        for file in new:
+            self._load(file)
 
     def _entry(self, session_id: str) -> _Entry | None:
-        entry = self._where.get(session_id)
-        return None if entry is None else self._fresh(entry)
+        with self._lock:
+            entry = self._where.get(session_id)
+        if entry is None:
+            return None
+        entry = self._fresh(entry)
+        return entry if session_id in entry.ids.values() else None
 
     def _derived(self, entry: _Entry, key: Any, make: Callable[[], Any]) -> Any:
-        if key not in entry.derived:
+        with entry.lock:
+            if key not in entry.derived:
+                started = time.perf_counter()
+                entry.derived[key] = make()
+                entry.cost_s += time.perf_counter() - started
+            return entry.derived[key]
+
+    def _lookup(self, entry: _Entry, key: Any, make: Callable[[], Any]) -> Any:
+        """A client-chosen value: kept among the entry's most recent :data:`MAX_LOOKUPS`, None never kept."""
+        with entry.lock:
+            if key in entry.lookups:
+                entry.lookups.move_to_end(key)
+                return entry.lookups[key]
             started = time.perf_counter()
-            entry.derived[key] = make()
+            value = make()
             entry.cost_s += time.perf_counter() - started
-        return entry.derived[key]
+            if value is not None:
+                entry.lookups[key] = value
+                while len(entry.lookups) > MAX_LOOKUPS:
+                    entry.lookups.popitem(last=False)
+            return value
 
     def _verdict(self, entry: _Entry, session_id: str) -> Verdict | BaseException:
         return self._derived(entry, ("verdict", session_id),  # type: ignore[no-any-return]
@@ -471,71 +563,71 @@ class Dashboard:
     def session_ids(self) -> list[str]:
         """Ids of the loaded sessions, oldest first."""
         with self._lock:
-            return sorted(self._where, key=lambda s: (self._start(s), s))
+            where = dict(self._where)
+        return sorted(where, key=lambda s: (self._start(where[s], s), s))
 
-    def _start(self, session_id: str) -> float:
-        value = _of(self._where[session_id].sessions.sessions, session_id)["start_ts"].iloc[0]
+    @staticmethod
+    def _start(entry: _Entry, session_id: str) -> float:
+        value = _of(entry.sessions.sessions, session_id)["start_ts"].iloc[0]
         return float(value) if pd.notna(value) else 0.0
 
     def sessions(self) -> dict[str, Any]:
         """``/api/sessions``: every session, newest first."""
+        self._scan()
         with self._lock:
-            self._scan()
-            rows = []
-            for sid in list(self._where):
-                entry = self._entry(sid)
-                if entry is None or sid not in entry.ids.values():
-                    continue
-                row = self._derived(entry, ("row", sid), lambda e=entry, s=sid: session_row(
-                    e.sessions, s, self._verdict(e, s)))
-                rows.append({**row, "version": entry.version})
-            rows.sort(key=lambda r: (r.get("start_ts") or 0, r["session_id"]), reverse=True)
-            return {"root": str(self.root), "follow": self.follow, "problems": list(self.problems),
-                    "sessions": rows}
+            where = list(self._where.items())
+        rows = []
+        for sid, entry in where:
+            entry = self._fresh(entry)
+            if sid not in entry.ids.values():
+                continue
+            row = self._derived(entry, ("row", sid), lambda e=entry, s=sid: session_row(
+                e.sessions, s, self._verdict(e, s)))
+            rows.append({**row, "version": entry.version})
+        rows.sort(key=lambda r: (r.get("start_ts") or 0, r["session_id"]), reverse=True)
+        return {"root": str(self.root), "follow": self.follow, "problems": self.problems, "sessions": rows}
 
     def version(self, session_id: str) -> str | None:
         """Changes whenever the session's file was reloaded; None for an unknown id."""
-        with self._lock:
-            entry = self._entry(session_id)
-            return None if entry is None else entry.version
+        entry = self._entry(session_id)
+        return None if entry is None else entry.version
 
     def detail(self, session_id: str) -> dict[str, Any] | None:
         """``/api/sessions/{id}``; None for an unknown id."""
-        with self._lock:
-            entry = self._entry(session_id)
-            if entry is None:
-                return None
-            payload = self._derived(entry, ("detail", session_id), lambda: session_detail(
-                entry.sessions, session_id, self._verdict(entry, session_id)))
-            return {**payload, "version": entry.version, "follow": self.follow}
+        entry = self._entry(session_id)
+        if entry is None:
+            return None
+        payload = self._derived(entry, ("detail", session_id), lambda: session_detail(
+            entry.sessions, session_id, self._verdict(entry, session_id)))
+        return {**payload, "version": entry.version, "follow": self.follow}
 
     def endpoint(self, session_id: str, method: str, route: str) -> dict[str, Any] | None:
-        """``/api/sessions/{id}/endpoint``; None for an unknown session or endpoint."""
-        with self._lock:
-            entry = self._entry(session_id)
-            if entry is None:
-                return None
-            return self._derived(entry, ("endpoint", session_id, method, route), lambda: endpoint_distribution(
-                entry.sessions, session_id, method, route, self._verdict(entry, session_id)))  # type: ignore[no-any-return]
+        """``/api/sessions/{id}/endpoint``; None for an unknown session or endpoint (never cached)."""
+        entry = self._entry(session_id)
+        if entry is None:
+            return None
+        known = self._derived(entry, ("endpoints", session_id), lambda: _known_endpoints(entry.sessions, session_id))
+        if (method, route) not in known:
+            return None
+        return self._lookup(entry, ("endpoint", session_id, method, route), lambda: endpoint_distribution(  # type: ignore[no-any-return]
+            entry.sessions, session_id, method, route, self._verdict(entry, session_id)))
 
     def diff(self, session_id: str, a: int, b: int) -> dict[str, Any] | None:
-        """``/api/sessions/{id}/diff``; None for an unknown session or snapshot."""
-        with self._lock:
-            entry = self._entry(session_id)
-            if entry is None:
-                return None
-            return self._derived(entry, ("diff", session_id, a, b),  # type: ignore[no-any-return]
-                                 lambda: snapshot_diff(entry.sessions, session_id, a, b))
+        """``/api/sessions/{id}/diff``; None for an unknown session or snapshot (never cached)."""
+        entry = self._entry(session_id)
+        if entry is None:
+            return None
+        return self._lookup(entry, ("diff", session_id, a, b),  # type: ignore[no-any-return]
+                            lambda: snapshot_diff(entry.sessions, session_id, a, b))
 
     def compare(self, before_id: str, after_id: str) -> dict[str, Any] | None:
         """``/api/compare``; None when either id is unknown."""
-        with self._lock:
-            before, after = self._entry(before_id), self._entry(after_id)
-            if before is None or after is None:
-                return None
-            key = ("compare", before_id, after_id, after.path, after.key)
-            return self._derived(before, key, lambda: compare_payload(  # type: ignore[no-any-return]
-                before.sessions, before_id, after.sessions, after_id))
+        before, after = self._entry(before_id), self._entry(after_id)
+        if before is None or after is None:
+            return None
+        key = ("compare", before_id, after_id, after.path, after.key)
+        return self._lookup(before, key, lambda: compare_payload(  # type: ignore[no-any-return]
+            before.sessions, before_id, after.sessions, after_id))
 
 
 # ------------------------------------------------------------------ the app
@@ -558,7 +650,7 @@ def _host_allowed(host_header: str, server: Any, allowed: Sequence[str]) -> bool
 
 
 class HostCheckMiddleware:
-    """Answers 400 unless the Host header names an allowed host with the server's port."""
+    """Answers 400 (a websocket: refuses it) unless the Host header names an allowed host with the server's port."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
         self.app = app
@@ -571,6 +663,9 @@ class HostCheckMiddleware:
         host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
         if _host_allowed(host, scope.get("server"), self.allowed_hosts):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # closing before accept makes the server refuse the handshake (403)
+            await send({"type": "websocket.close", "code": 1008, "reason": "invalid host header"})
             return
         body = b"Invalid host header: this dashboard answers only on its own loopback address.\n"
         await send({"type": "http.response.start", "status": 400, "headers": [

@@ -315,3 +315,76 @@ def test_lines_without_a_clock_take_the_time_of_the_line_before_or_the_start():
     assert log is not None
     events = [r["ts"] for r in log.records if r["kind"] == "event"]
     assert events == [datetime(2024, 3, 1, 12, 0, 0).timestamp(), datetime(2024, 3, 1, 12, 0, 5).timestamp()]
+
+
+# ------------------------------------------------------------------ hostile numbers and dates
+
+def test_a_400_digit_number_is_reported_not_a_crash(tmp_path):
+    log = SeedLog(start=datetime(2024, 3, 1, 12, 0, 0))
+    log.sample(datetime(2024, 3, 1, 12, 0, 5), 101.0)
+    log.lines.append(f"[12:00:07] RSS={'9' * 400}.5MB  VMS=2.0MB  delta=+1.0MB  GC=({'7' * 5000}, 0, 0)\n")
+    log.endpoint(datetime(2024, 3, 1, 12, 0, 8), "GET", "/x", float("1" + "0" * 300), 200)
+    log.sample(datetime(2024, 3, 1, 12, 0, 10), 102.0)
+    with pytest.warns(LoadWarning) as record:
+        loaded = load(log.save(tmp_path / "leakyspanner_20240301_120000.log"))
+    message = str(record[0].message)
+    assert "9 (sample rss_bytes: inf is not" in message and "9 (sample gc_count: item 0: inf" in message
+    assert "10 (request rss_delta_bytes: " in message
+    assert loaded.samples["rss_bytes"].tolist()[::2] == [101 * MB, 102 * MB]
+    assert pd.isna(loaded.samples["rss_bytes"].iloc[1]) and loaded.samples["vms_bytes"].iloc[1] == 2 * MB
+
+
+def test_a_start_date_in_year_9999_is_reported_and_the_file_name_dates_the_lines(tmp_path):
+    log = SeedLog(start=datetime(9999, 12, 31, 23, 59, 59))
+    log.lines.append("[00:00:05] RSS=101.0MB  VMS=300.0MB  delta=+1.0MB  GC=(1, 2, 3)\n")
+    with pytest.warns(LoadWarning, match=r"line 3 \(start date unreadable or out of range"):
+        loaded = load(log.save(tmp_path / "leakyspanner_20240301_000000.log"))
+    assert loaded.samples["ts"].tolist() == [datetime(2024, 3, 1, 0, 0, 5).timestamp()]
+    assert loaded.sessions["start"].iloc[0] == pd.Timestamp(datetime(2024, 3, 1).timestamp(), unit="s", tz="UTC")
+
+
+def test_a_year_9999_file_name_falls_back_to_the_file_time(tmp_path):
+    path = tmp_path / "leakyspanner_99991231_235959.log"
+    path.write_text("[23:59:59] RSS=1.0MB  VMS=2.0MB  delta=+0.0MB  GC=(0, 0, 0)\n"
+                    "[00:00:04] RSS=1.0MB  VMS=2.0MB  delta=+0.0MB  GC=(0, 0, 0)\n")
+    loaded = quiet_load(path)
+    assert loaded.samples["time"].notna().all() and len(loaded.samples) == 2
+
+
+# ------------------------------------------------------------------ summary of sampled endpoints
+
+def _summary_of(endpoints: list[dict]) -> str:
+    from leakyspanner.capture import humanlog
+
+    return "\n".join(["  LeakySpanner v0.2.0", "  started  : 2024-03-01T12:00:00",
+                      "[12:00:05] RSS=101.0MB  VMS=300.0MB  delta=+1.0MB  GC=(1, 2, 3)",
+                      *humanlog.summary_lines({
+                          "peak_rss_bytes": 101 * MB, "final_rss_bytes": 101 * MB, "baseline_rss_bytes": 100 * MB,
+                          "net_growth_bytes": MB, "samples": 1, "requests_total": 900, "requests_dropped": 0,
+                          "internal_errors": 0, "endpoints": endpoints}, "Linux")]) + "\n"
+
+
+def test_summary_lines_of_sampled_endpoints_are_read(tmp_path):
+    path = tmp_path / "leakyspanner_20240301_120000.log"
+    path.write_text(_summary_of([
+        {"method": "GET", "route": "/hot", "calls": 800, "rss_measured": 40, "avg_delta_bytes": MB // 4,
+         "max_delta_bytes": MB},
+        {"method": "POST", "route": "/never measured", "calls": 100, "rss_measured": 0, "avg_delta_bytes": None,
+         "max_delta_bytes": None},
+        {"method": "GET", "route": "/all", "calls": 5, "avg_delta_bytes": 0, "max_delta_bytes": 0},
+    ]), encoding="utf-8")
+    endpoints = quiet_load(path).endpoints
+    assert endpoints["route"].tolist() == ["/hot", "/never measured", "/all"]
+    assert endpoints["calls"].tolist() == [800, 100, 5]
+    assert endpoints["rss_measured"].tolist() == [40, 0, 5]
+    assert endpoints["avg_delta_bytes"].iloc[0] == MB // 4 and pd.isna(endpoints["avg_delta_bytes"].iloc[1])
+
+
+def test_an_unreadable_summary_endpoint_line_is_reported_not_dropped(tmp_path):
+    text = _summary_of([{"method": "GET", "route": "/a", "calls": 3, "avg_delta_bytes": 0, "max_delta_bytes": 0}])
+    text = text.replace("calls=   3", "calls=three")
+    path = tmp_path / "leakyspanner_20240301_120000.log"
+    path.write_text(text, encoding="utf-8")
+    with pytest.warns(LoadWarning, match="unrecognised summary line"):
+        loaded = load(path)
+    assert len(loaded.endpoints) == 0 and bool(loaded.sessions["complete"].iloc[0])

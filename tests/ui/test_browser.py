@@ -228,3 +228,12 @@ def test_live_session_page_follows_the_file(page: Any, served: Served, logs: Any
     writer.finish()
     expect(page.get_by_test_id("live-indicator")).to_be_hidden(timeout=20_000)
     assert "complete" in page.get_by_test_id("session-meta").inner_text()
+
+
+def test_a_malformed_url_hash_shows_the_list_instead_of_throwing(page: Any, served: Served) -> None:
+    for bad in ("#/session/%E0%A4%A", "#/compare/%/%zz", "#/%"):
+        page.goto(served.url + bad)
+        _ready(page, "sessions")  # the page fixture fails the test on any uncaught error
+    page.goto(served.url + "#/session/" + "%E0%A4%A")
+    page.evaluate("location.hash = '#/session/%'")
+    _ready(page, "sessions")

@@ -180,3 +180,22 @@ def test_report_of_several_sessions_lists_them(chromium: Any, logs: Path, all_re
     assert page.locator(f"[data-testid=endpoint-row][data-route='{XSS_ROUTE}']").count() == 1
     assert dialogs == [] and problems == []
     page.close()
+
+
+@needs_chromium
+def test_report_compare_html_opens_on_the_comparison_offline(chromium: Any, logs: Path, tmp_path: Path) -> None:
+    from leakyspanner.cli import main
+
+    out = tmp_path / "fixcheck.html"
+    assert main(["-q", "report", str(logs / "leaking"), "--compare", str(logs / "fixed"), "--html", str(out)]) == 0
+    page, problems, requests, _ = _open(chromium, out)
+    page.wait_for_selector("body[data-page=compare][data-ready=true]")
+    expect(page.get_by_test_id("fixcheck-status")).to_have_text("FIXED")
+    assert int(page.get_by_test_id("compare-chart").get_attribute("data-points")) > 0
+    assert page.get_by_test_id("compare-button").count() == 0  # no other pairs offline
+    page.get_by_test_id("back").click()
+    page.wait_for_selector("body[data-page=sessions][data-ready=true]")
+    assert page.get_by_test_id("session-row").count() == 2
+    assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
+    assert problems == []
+    page.close()

@@ -13,6 +13,9 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const dataBlock = document.getElementById("leakyspanner-data");
   const REPORT = dataBlock ? JSON.parse(dataBlock.textContent) : null;
+  // A saved `report --compare --html` page also carries its before/after comparison.
+  const compareBlock = document.getElementById("leakyspanner-compare");
+  const COMPARE = compareBlock ? JSON.parse(compareBlock.textContent) : null;
 
   // ------------------------------------------------------------------ DOM
   function setAttrs(el, attrs) {
@@ -170,7 +173,11 @@
         const found = (data.diffs[id] || {})[a + ":" + b];
         return found ? Promise.resolve(found) : missing("the diff of snapshots " + a + " and " + b);
       },
-      compare: () => missing("a comparison"),
+      compare: (before, after) => {
+        const saved = COMPARE && COMPARE.before.session.session_id === before &&
+          COMPARE.after.session.session_id === after;
+        return saved ? Promise.resolve(COMPARE) : missing("the comparison of " + before + " and " + after);
+      },
     };
   }
 
@@ -888,11 +895,19 @@
           {key: "after_retained_bytes_per_call", label: "retained / call after", unit: "bytes"},
           {key: "before_significant", label: "leaked before", unit: "bool"},
           {key: "after_significant", label: "leaks after", unit: "bool"}]})),
-      compareForm(list.sessions, before, after));
+      ...(api.report ? [] : [compareForm(list.sessions, before, after)]));
     ready("compare");
   }
 
   // --------------------------------------------------------------- router
+  function decodePart(part) {
+    try {
+      return decodeURIComponent(part);
+    } catch (e) {
+      return null;  // malformed escape: treated as no such part
+    }
+  }
+
   async function route() {
     stopTimers();
     hideTooltip();
@@ -900,12 +915,15 @@
     generation += 1;
     const gen = generation;
     document.body.dataset.ready = "";
-    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    // A hash typed or pasted by hand may hold a lone "%": show the list rather than throw a URIError.
+    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodePart);
     try {
       if (parts[0] === "session" && parts[1]) {
         await renderSession(gen, parts[1]);
       } else if (parts[0] === "compare" && parts[1] && parts[2]) {
         await renderCompare(gen, parts[1], parts[2]);
+      } else if (COMPARE && !location.hash) {  // a saved comparison opens on it; "#/" lists the sessions
+        await renderCompare(gen, COMPARE.before.session.session_id, COMPARE.after.session.session_id);
       } else if (REPORT && REPORT.sessions.length === 1) {
         await renderSession(gen, REPORT.sessions[0].session_id);
       } else {
