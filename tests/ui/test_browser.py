@@ -20,7 +20,10 @@ from session_files import XSS_FILE, XSS_ROUTE, SessionWriter, copy_samples, thre
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
+# Screenshots go to a scratch folder; LEAKYSPANNER_UPDATE_DOCS=1 writes the ones in docs/images
+# on purpose (tests never modify tracked files otherwise).
+SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "images" if os.environ.get("LEAKYSPANNER_UPDATE_DOCS")
+         else Path(tempfile.gettempdir()) / "leakyspanner-ui-shots")
 LIVE_ID = "leakyspanner_20260601_160000"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),

@@ -25,7 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
                                     reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
+SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "images" if os.environ.get("LEAKYSPANNER_UPDATE_DOCS")
+         else Path(tempfile.gettempdir()) / "leakyspanner-ui-shots")  # tests never modify tracked files
 BREAKOUT = "</script><script>alert(1)</script><!--"
 
 
