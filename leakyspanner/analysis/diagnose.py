@@ -616,6 +616,9 @@ def _kinds(s: Sessions, sid: str, samples: pd.DataFrame, rss: Trend, traced: Tre
                 {"gc_garbage_growth": growth_g, "uncollectable_growth": growth_u},
                 ["Objects with __del__ in reference cycles, or gc.DEBUG_SAVEALL: inspect gc.garbage.",
                  "Break the cycles (weakref) or remove the finalizer."]))
+    sampled = traced is not None and traced.metric == "heap_live_bytes"
+    seen = "the sampled live heap" if sampled else "traced memory"
+    engine = "the heap sampler" if sampled else "tracemalloc"
     if rss.status == "leaking":
         rss_growth = rss.slope_bytes_per_s
         if traced is not None and traced.status != "not enough data":
@@ -624,18 +627,18 @@ def _kinds(s: Sessions, sid: str, samples: pd.DataFrame, rss: Trend, traced: Tre
                         "traced_share_of_rss_growth": ratio}
             if ratio >= 0.5:
                 kinds.append(LeakKind(
-                    "python_heap", f"Python heap: traced memory grows with RSS ({ratio:.0%} of the RSS growth)",
+                    "python_heap", f"Python heap: {seen} grows with RSS ({ratio:.0%} of the RSS growth)",
                     evidence,
                     ["Follow the growing allocation sites below to the object that is kept alive.",
                      "Typical culprits: module-level lists/dicts, caches without a size bound (use functools.lru_cache(maxsize=...)), objects stored on app.state or in closures."]))
             elif ratio < 0.25:
                 kinds.append(LeakKind(
                     "native", f"native or allocator memory: RSS grows but traced Python memory does not "
-                    f"({ratio:.0%} of the growth is visible to tracemalloc)", evidence,
+                    f"({ratio:.0%} of the growth is visible to {engine})", evidence,
                     ["A native extension may hold memory (image libraries, numpy/torch buffers, C clients): release or reuse those objects.",
                      "glibc malloc arenas fragment under threads: try MALLOC_ARENA_MAX=2 in the environment.",
                      "Try jemalloc (LD_PRELOAD=libjemalloc.so.2) or call malloc_trim(0) periodically to return freed memory.",
-                     "Memory from ctypes/cffi or mmap is invisible to tracemalloc."]))
+                     "Memory from ctypes/cffi or mmap never passes through the Python allocator."]))
             else:
                 kinds.append(LeakKind(
                     "python_heap", f"mixed: traced Python memory explains {ratio:.0%} of the RSS growth; "
@@ -643,12 +646,12 @@ def _kinds(s: Sessions, sid: str, samples: pd.DataFrame, rss: Trend, traced: Tre
                     ["Start with the growing allocation sites; then look at native buffers and MALLOC_ARENA_MAX=2."]))
         else:
             kinds.append(LeakKind(
-                "unknown", "RSS grows, but without tracemalloc data Python heap and native memory cannot be told apart",
+                "unknown", "RSS grows, but without allocation data (level basic) Python heap and native memory cannot be told apart",
                 {"rss_mb_per_hour": rss.mb_per_hour},
                 ["Run with level='auto' or level='mid' to see whether traced Python memory grows with RSS."]))
     elif traced is not None and traced.status == "leaking":
         kinds.append(LeakKind(
-            "python_heap", "Python heap grows (traced memory) although RSS has not caught up yet",
+            "python_heap", f"Python heap grows ({seen}) although RSS has not caught up yet",
             {"traced_mb_per_hour": traced.mb_per_hour},
             ["Follow the growing allocation sites below."]))
     return kinds
@@ -914,11 +917,11 @@ def format_verdict(v: Verdict) -> str:
         if trend is None:
             continue
         if trend.status == "not enough data":
-            lines.append(f"  {trend.metric:<12} not enough data ({trend.samples} samples)")
+            lines.append(f"  {trend.metric:<15} not enough data ({trend.samples} samples)")
             continue
         per = f", {_fmt_bytes(trend.bytes_per_1k_requests)} per 1k requests" if trend.bytes_per_1k_requests is not None else ""
         lines.append(
-            f"  {trend.metric:<12} {trend.status:<8} {trend.mb_per_hour:+8.1f} MB/hour "
+            f"  {trend.metric:<15} {trend.status:<8} {trend.mb_per_hour:+8.1f} MB/hour "
             f"[{trend.slope_low_bytes_per_s * 3600 / _MB:+.1f} .. {trend.slope_high_bytes_per_s * 3600 / _MB:+.1f}]"
             f"{per}; {_fmt_bytes(trend.start_bytes)} -> {_fmt_bytes(trend.end_bytes)}; confidence {trend.confidence:.2f}")
     if v.endpoints:
