@@ -186,6 +186,7 @@ class Profiler:
         self._n_fast = 0
         self._routes = RouteNamer(app)
         self._routes_written = False
+        self._routes_named = 0
         self._buffer_cap = int(max_buffered_records)
         self._read_rss: Any = None
         # RSS sampling (see middleware): target measured requests per second, current probability, window
@@ -256,6 +257,7 @@ class Profiler:
         self._counters, self._counts, self._n_fast = {}, {}, 0
         self._routes = RouteNamer(self.app)
         self._routes_written = False
+        self._routes_named = 0
         self._writer = RecordWriter(
             self._buffer, jsonl, log,
             perf_to_wall=time.time() - time.perf_counter(),
@@ -396,9 +398,15 @@ class Profiler:
             self._after_fork_restart()
         self._loop = loop
         if not self._routes_written and self._active:
-            self._routes_written = True
-            self._buffer.append((OBJECT, {"kind": "routes", "ts": round(time.time(), 4),
-                                          "routes": self._routes.code_ranges()}))
+            self._write_routes()
+
+    def _write_routes(self) -> None:
+        """Where each endpoint's code lives, once at start and again when routes the
+        walk could not see (lazily included routers) have been named since."""
+        self._routes_written = True
+        self._routes_named = self._routes.named_count
+        self._buffer.append((OBJECT, {"kind": "routes", "ts": round(time.time(), 4),
+                                      "routes": self._routes.code_ranges()}))
 
     def _after_fork_restart(self) -> None:
         # Threads do not survive fork and /proc/self fds point at the parent:

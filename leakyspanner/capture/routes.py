@@ -42,6 +42,9 @@ class RouteNamer:
         self._walked: dict[int, str] = {}
         self._keep: list[object] = []  # keeps cached ids from being reused
         self._endpoints: dict[int, tuple[object, str]] | None = None
+        #: every route, endpoint or app named so far by id, with its latest template: routers
+        #: the walk cannot see into (FastAPI's lazily included routers) are found here
+        self._named: dict[int, tuple[object, str]] = {}
 
     def _endpoint_map(self) -> dict[int, tuple[object, str]]:
         if self._endpoints is None:
@@ -59,7 +62,7 @@ class RouteNamer:
         template = self._walked.get(target_id)
         if template is not None:
             return template
-        hit = self._endpoint_map().get(target_id)
+        hit = self._named.get(target_id) or self._endpoint_map().get(target_id)
         return hit[1] if hit is not None else None
 
     def code_ranges(self, limit: int = 1000) -> list[dict[str, object]]:
@@ -67,7 +70,7 @@ class RouteNamer:
         that range belongs to that endpoint even when nothing else tells."""
         out: list[dict[str, object]] = []
         seen: set[int] = set()
-        for target, template in list(self._endpoint_map().values()):
+        for target, template in [*self._endpoint_map().values(), *list(self._named.values())]:
             endpoint = getattr(target, "endpoint", None)
             code = getattr(endpoint, "__code__", None)
             if code is None or id(code) in seen:
@@ -121,4 +124,11 @@ class RouteNamer:
             template = UNMATCHED_ROUTE
         self._cache[key] = template
         self._keep.append(target)
+        if template != UNMATCHED_ROUTE:
+            self._named[id(target)] = (target, template)
         return template
+
+    @property
+    def named_count(self) -> int:
+        """How many routes were named outside the walk: a new one means a new routes record."""
+        return len(self._named)

@@ -184,6 +184,8 @@ class Sampler:
         p._buffer.append((SAMPLE, record, _copy_counters(p._counters), human))
         if heap_record is not None:
             p._buffer.append((OBJECT, {"kind": "heap", "ts": round(now, 4), **heap_record}))
+        if p._routes_written and p._routes.named_count != p._routes_named:
+            p._write_routes()
         self._alerts(now, rss)
         if p.level == "auto" and p.heap_engine == "tracemalloc":
             self._auto(now, rss)
