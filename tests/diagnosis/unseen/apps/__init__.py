@@ -1,0 +1,1 @@
+"""Apps written the way users write them; each attaches leakyspanner itself (see ``_profiling``)."""

@@ -1,0 +1,1 @@
+"""A small shop backend: routers with prefixes, a token dependency, Pydantic bodies, a service module."""
