@@ -382,27 +382,38 @@ def _tagged_attribution(s: Sessions, sid: str, warm_ts: float, start_ts: float
     return out, background
 
 
-def _delta_attribution(s: Sessions, sid: str, warm_ts: float, rss: Trend) -> list[EndpointAttribution]:
-    """Retained bytes per call from each endpoint's own measured RSS deltas (native memory)."""
+def _delta_attribution(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: float, rss: Trend
+                       ) -> list[EndpointAttribution]:
+    """Retained bytes per call from each endpoint's own measured RSS deltas (native memory).
+
+    A request's own RSS delta names the endpoint, but its size runs low: the kernel
+    batches RSS counter updates per thread, so short reads lag the pages touched. So
+    the deltas only rank the endpoints and share the growth out; the size comes from
+    the RSS floor against the top endpoint's own cumulative calls, which holds under
+    steady and varying traffic alike.
+    """
     g = rss.slope_bytes_per_s if rss.slope_bytes_per_s == rss.slope_bytes_per_s else 0.0
     estimates = request_delta_estimates(s, sid, warm_ts, g)
     if not estimates:
         return []
     counts = _call_counts(s, sid)
     after = {key: float(cum[-1] - _calls_at((times, cum), warm_ts)) for key, (times, cum) in counts.items()}
-    span = max(float(s.sessions.loc[s.sessions["session_id"] == sid, "duration_s"].fillna(0).iloc[0]), 1e-9)
-    growth_after = max(g, 0.0) * span * (1 - _WARMUP_FRACTION)
     contributions = {key: max(e.per_call, 0.0) * after.get(key, e.measured) for key, e in estimates.items()}
     total = sum(contributions.values()) or 1.0
-    # A request's own RSS delta names the endpoint, but its size runs low: the kernel
-    # batches RSS counter updates per thread, so short reads lag the pages touched.
-    # The whole session's RSS trend is exact, so the deltas only share it out.
-    scale = growth_after / total if growth_after > 0 and total > 1.0 else 1.0
+    top = max(contributions, key=contributions.__getitem__)
+    scale = 1.0
+    if top in counts and estimates[top].per_call > 0:
+        ts = samples["ts"].to_numpy(dtype=float, na_value=np.nan)
+        floors = _floors(s, sid, samples, "rss_bytes")
+        fit = fit_growth(_calls_at(counts[top], ts), floors, float(_calls_at(counts[top], warm_ts)))
+        if fit is not None and fit.slope > 0:
+            scale = fit.slope / estimates[top].per_call
+    growth_after = max(g, 0.0) * max(float(samples["ts"].max()) - warm_ts, 0.0) if len(samples) else 0.0
     out = []
     for key, e in estimates.items():
         contribution = contributions[key]
         significant = bool(e.per_call - 2.5 * e.stderr > 0 and contribution * scale >= max(0.25 * growth_after, 2 * _MB)
-                           and rss.status == "leaking")
+                           and rss.status == "leaking" and e.median > 0)
         out.append(EndpointAttribution(
             method=key[0], route=key[1], calls=int(counts[key][1][-1]) if key in counts else e.measured,
             retained_bytes_per_call=max(e.per_call, 0.0) * scale,
@@ -411,6 +422,43 @@ def _delta_attribution(s: Sessions, sid: str, warm_ts: float, rss: Trend) -> lis
             share_of_growth=contribution / total, significant=significant, evidence="request RSS deltas"))
     out.sort(key=lambda a: (a.significant, a.share_of_growth), reverse=True)
     return out
+
+def _scale_tagged_to_rss(endpoints: list[EndpointAttribution], rss: Trend, heap: Trend | None,
+                         notes: list[str]) -> None:
+    """Tagged samples say how many live Python bytes each call keeps; a leak of small
+    objects costs more RSS than that (allocator pools, fragmentation around the kept
+    objects). When the live heap carries the RSS growth, scale the per-call figures by
+    RSS growth per byte of heap growth, within 1..4x, and keep the heap figure beside."""
+    if heap is None or heap.metric != "heap_live_bytes" or rss.status != "leaking":
+        return
+    if not (heap.slope_bytes_per_s > 0 and rss.slope_bytes_per_s > 0):
+        return
+    ratio = rss.slope_bytes_per_s / heap.slope_bytes_per_s
+    if not 1.0 < ratio <= 4.0:
+        return
+    for e in endpoints:
+        if e.evidence == "tagged heap samples":
+            e.heap_bytes_per_call = e.retained_bytes_per_call
+            e.retained_bytes_per_call *= ratio
+            e.low_bytes_per_call *= ratio
+            e.high_bytes_per_call *= ratio
+    notes.append(f"per-call figures are RSS: each byte of the growing live heap cost {ratio:.2f} bytes of RSS "
+                 "(allocator pools and fragmentation around the kept objects)")
+
+
+def _explained_share(s: Sessions, sid: str, endpoints: list[EndpointAttribution], rss: Trend, warm_ts: float,
+                     duration_s: float) -> float:
+    """Share of the RSS growth after warm-up that the significant endpoints account for."""
+    growth = rss.slope_bytes_per_s * duration_s * (1 - _WARMUP_FRACTION) if rss.slope_bytes_per_s > 0 else 0.0
+    if growth <= 0:
+        return 1.0
+    counts = _call_counts(s, sid)
+    total = 0.0
+    for e in endpoints:
+        if e.significant and (e.method, e.route) in counts:
+            times, cum = counts[(e.method, e.route)]
+            total += e.retained_bytes_per_call * float(cum[-1] - _calls_at((times, cum), warm_ts))
+    return total / growth
 
 
 def _collinear(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: float, key: tuple[str, str]) -> bool:
@@ -716,7 +764,8 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
     # RSS growth the Python heap does not explain is native: only per-request RSS deltas see it
     heap_explains = (traced is not None and traced.status != "not enough data" and rss.slope_bytes_per_s > 0
                      and traced.slope_bytes_per_s >= 0.5 * rss.slope_bytes_per_s)
-    deltas = _delta_attribution(sessions, sid, warm_ts, rss) if rss.status == "leaking" and not heap_explains else []
+    deltas = (_delta_attribution(sessions, sid, samples, warm_ts, rss)
+              if rss.status == "leaking" and not heap_explains else [])
     suspect_regression = next((e for e in regression if e.significant), None)
     if suspect_regression is not None and _collinear(sessions, sid, samples, warm_ts,
                                                      (suspect_regression.method, suspect_regression.route)):
@@ -734,10 +783,17 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
             break
     if not endpoints:
         endpoints = list(tagged or deltas or regression)
-    # a second leak of another kind shows beside the first
+    if deltas and not attribution:
+        notes.append("native memory grows, but no endpoint's own requests grow RSS consistently: the allocator "
+                     "reuses memory others freed, so the growth shows in whichever request next needs fresh "
+                     "pages; RSS alone cannot name the endpoint here")
+    if attribution == "tagged heap samples":
+        _scale_tagged_to_rss(endpoints, rss, traced, notes)
+    # a second leak of another kind shows beside the first, unless the first explains the growth
     named = {(e.method, e.route) for e in endpoints if e.significant}
+    explained = _explained_share(sessions, sid, endpoints, rss, warm_ts, duration)
     for name, rows in sources:
-        if name != attribution:
+        if name != attribution and explained < 0.6:
             extra = [e for e in rows if e.significant and (e.method, e.route) not in named]
             endpoints += extra
             named |= {(e.method, e.route) for e in extra}
@@ -851,8 +907,10 @@ def _headline(status: str, rss: Trend, traced: Trend | None, suspect: EndpointAt
     else:
         parts.append("Leaking resources")
     if suspect is not None:
+        heap = (f"{_fmt_bytes(suspect.heap_bytes_per_call)} of live Python objects; "
+                if suspect.heap_bytes_per_call is not None else "")
         parts.append(f"{suspect.method} {suspect.route} retains ≈{_fmt_bytes(suspect.retained_bytes_per_call)} per call"
-                     f" ({suspect.evidence})")
+                     f" ({heap}{suspect.evidence})")
     if sites:
         caused = (f", caused by {sites[0].app_site}" if sites[0].app_site and sites[0].app_site != sites[0].site
                   else "")

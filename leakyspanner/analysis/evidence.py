@@ -148,6 +148,10 @@ class DeltaEstimate:
     stderr: float
     measured: int
     raw_mean: float
+    #: the middle request's delta: a leaker grows RSS in most of its own requests; an
+    #: endpoint whose mean comes from a minority of big deltas is growing the allocator's
+    #: pool for memory someone else keeps (freed memory reused by the leaker's mallocs)
+    median: float = 0.0
 
 
 def request_delta_estimates(s: Sessions, sid: str, warm_ts: float, growth_bytes_per_s: float
@@ -180,5 +184,6 @@ def request_delta_estimates(s: Sessions, sid: str, warm_ts: float, growth_bytes_
         stderr = float(np.std(clipped, ddof=1) / ((1 - 2 * _TRIM) * math.sqrt(len(d))))
         background = g * float(np.nanmean(group["duration"].to_numpy(dtype=float)))
         out[(str(method), str(route))] = DeltaEstimate(per_call=mean - background, stderr=stderr,
-                                                       measured=len(d), raw_mean=float(np.mean(d)))
+                                                       measured=len(d), raw_mean=float(np.mean(d)),
+                                                       median=float(np.median(d)))
     return out

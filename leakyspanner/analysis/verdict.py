@@ -74,6 +74,9 @@ class EndpointAttribution(_Dict):
     #: what the estimate comes from: "tagged heap samples" (the endpoint's own sampled
     #: allocations), "request RSS deltas", "regression on calls" or "site in endpoint code"
     evidence: str = "regression on calls"
+    #: from tagged samples: the live Python bytes each call keeps, before they are scaled to
+    #: RSS (``retained_bytes_per_call``) by how much RSS grew per byte of live heap
+    heap_bytes_per_call: float | None = None
 
 
 @dataclass
