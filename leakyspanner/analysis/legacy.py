@@ -50,7 +50,7 @@ _LEVEL = re.compile(rf"^\s*level\s*:\s*(\w+)(?:\s+interval=({_NUM})s)?(?:\s+thre
 _BASELINE = re.compile(rf"^\s*baseline\s*:\s*({_NUM}) MB RSS")
 _SUMMARY_START = re.compile(r"^\s*LEAKYSPANNER SESSION SUMMARY\s*$")
 _SUMMARY_RSS = re.compile(rf"^\s*(Peak|Final|Baseline) RSS\s*:\s*({_NUM}) MB")
-_SUMMARY_SAMPLES = re.compile(r"^\s*Snapshots\s*:\s*(\d+)")
+_SUMMARY_SAMPLES = re.compile(r"^\s*(?:Snapshots|Samples)\s*:\s*(\d+)")  # 0.1.x said Snapshots
 _SUMMARY_REQUESTS = re.compile(r"^\s*Requests\s*:\s*(\d+)\s+dropped=(\d+)\s+internal_errors=(\d+)")
 _SUMMARY_ENDPOINTS = re.compile(r"^\s*ENDPOINT MEMORY DELTAS\b")
 # Sampled endpoints (0.2) print avg=n/a max=n/a when none was measured, and how many were.

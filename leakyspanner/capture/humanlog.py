@@ -105,7 +105,7 @@ def summary_lines(summary: Mapping[str, Any], platform: str) -> list[str]:
         f"  Final RSS   : {summary['final_rss_bytes'] / _MB:.1f} MB",
         f"  Baseline RSS: {summary['baseline_rss_bytes'] / _MB:.1f} MB",
         f"  Net growth  : {summary['net_growth_bytes'] / _MB:+.1f} MB",
-        f"  Snapshots   : {summary['samples']}",
+        f"  Samples     : {summary['samples']}",
         f"  Requests    : {summary['requests_total']}  dropped={summary['requests_dropped']}"
         f"  internal_errors={summary['internal_errors']}",
         f"  Platform    : {clean(platform)}",

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..schema import LEVELS, SCHEMA_VERSION, SITE_FIELDS
+from ..capture.humanlog import clean
+from ..schema import HEAP_SITE_FIELDS, LEVELS, SCHEMA_VERSION, SITE_FIELDS
 
 __all__ = ["add_arguments", "last_snapshot_sites", "run", "summary_block"]
 
@@ -72,11 +73,12 @@ def last_snapshot_sites(jsonl_path: str | os.PathLike[str], limit: int = _TOP_SI
                     f"{jsonl_path} has schema_version {record['schema_version']}, newer than this "
                     f"leakyspanner reads ({SCHEMA_VERSION}); upgrade leakyspanner"
                 )
-            if kind == "snapshot":
+            if kind in ("snapshot", "heap"):
                 last = record
     if last is None:
         return []
-    fields = last.get("site_fields") or list(SITE_FIELDS)
+    default = HEAP_SITE_FIELDS if last.get("kind") == "heap" else SITE_FIELDS
+    fields = last.get("site_fields") or list(default)
     sites = [dict(zip(fields, row)) for row in last.get("sites") or ()]
     sites.sort(key=lambda site: site.get("size_bytes") or 0, reverse=True)
     return sites[:limit]
@@ -98,9 +100,17 @@ def _print_sites(jsonl: Path) -> None:
     print(f"  Top allocation sites, last snapshot ({jsonl.name}):")
     for site in sites:
         size = (site.get("size_bytes") or 0) / _MB
-        growth = (site.get("size_diff_bytes") or 0) / _MB
-        print(f"    {size:8.2f} MB  {growth:+7.2f} MB since previous  "
-              f"{site.get('count', 0):>7} blocks  {_short(str(site.get('file')))}:{site.get('line')}")
+        where = f"{_short(str(site.get('file')))}:{site.get('line')}"
+        if "route" in site:  # the sampled heap engine: live bytes per endpoint and line
+            endpoint = clean(f"{site.get('method') or ''} {site.get('route')}".strip())
+            app = site.get("app_file")
+            caused = (f"  caused by {_short(str(app))}:{site.get('app_line')}"
+                      if app and (app, site.get("app_line")) != (site.get("file"), site.get("line")) else "")
+            print(f"    {size:8.2f} MB live  {endpoint:<28}  {clean(where)}{clean(caused)}")
+        else:
+            growth = (site.get("size_diff_bytes") or 0) / _MB
+            print(f"    {size:8.2f} MB  {growth:+7.2f} MB since previous  "
+                  f"{site.get('count', 0):>7} blocks  {clean(where)}")
 
 
 def _print_verdict(jsonl_files: Sequence[Path]) -> None:
@@ -149,4 +159,11 @@ def run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k}={v}" for k, v in result.traffic.get("by_endpoint", {}).items())
         print(f"\nTraffic: {result.traffic.get('requests', 0)} requests ({counts}); "
               f"{result.traffic.get('errors', 0)} errors")
+    folder = _short(str(result.log_dir))
+    print("\nNext (after `source .venv/bin/activate`):\n"
+          f"  leakyspanner report {folder}              the verdict again; exit code 1 while it leaks\n"
+          f"  leakyspanner inspect {folder}             the dashboard: trends, endpoints, growing lines\n"
+          "  leakyspanner demo --fixed                 the same app with the leaks fixed, then\n"
+          f"  leakyspanner report {folder} --compare <the fixed session>   did the fix work?\n"
+          "  In your app: leakyspanner(app), run your traffic, Ctrl-C, leakyspanner report leakyspanner_logs/")
     return 0
