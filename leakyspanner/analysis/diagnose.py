@@ -21,6 +21,7 @@ import pandas as pd
 from ..schema import BACKGROUND_ROUTE
 from .evidence import fit_growth, request_delta_estimates, tagged_endpoint_series, tagged_site_series
 from .load import Sessions
+from .paths import short_site
 from .verdict import EndpointAttribution, FixCheck, GrowingSite, LeakKind, Trend, Verdict
 
 __all__ = ["compare", "diagnose", "diagnose_all", "format_fix_check", "format_verdict", "nnls"]
@@ -889,7 +890,7 @@ def _headline(status: str, rss: Trend, traced: Trend | None, suspect: EndpointAt
     if status == "possible leak":
         top = sites[0]
         where = f" ({top.per_call_route})" if top.per_call_route else ""
-        return (f"Possible leak: {top.site}{where} grew {_fmt_bytes(top.growth_bytes, True)} across the session, "
+        return (f"Possible leak: {short_site(top.site)}{where} grew {_fmt_bytes(top.growth_bytes, True)} across the session, "
                 "but process memory does not show lasting growth yet: run longer to confirm.")
     if status == "plateau":
         return ("No leak: memory rose during warm-up and then levelled off "
@@ -912,9 +913,9 @@ def _headline(status: str, rss: Trend, traced: Trend | None, suspect: EndpointAt
         parts.append(f"{suspect.method} {suspect.route} retains ≈{_fmt_bytes(suspect.retained_bytes_per_call)} per call"
                      f" ({heap}{suspect.evidence})")
     if sites:
-        caused = (f", caused by {sites[0].app_site}" if sites[0].app_site and sites[0].app_site != sites[0].site
-                  else "")
-        parts.append(f"top growing site {sites[0].site} ({_fmt_bytes(sites[0].growth_bytes, True)}{caused})")
+        caused = (f", caused by {short_site(sites[0].app_site)}"
+                  if sites[0].app_site and sites[0].app_site != sites[0].site else "")
+        parts.append(f"top growing site {short_site(sites[0].site)} ({_fmt_bytes(sites[0].growth_bytes, True)}{caused})")
     if kinds:
         parts.append(f"kind: {kinds[0].kind.replace('_', ' ')}")
     return "; ".join(parts) + "."
@@ -997,10 +998,10 @@ def format_verdict(v: Verdict) -> str:
         for g in v.sites[:8]:
             per = f", {_fmt_bytes(g.bytes_per_call)} per call of {g.per_call_route}" if g.bytes_per_call else ""
             blocks = f"+{g.count_growth} blocks, " if g.count_growth else ""
-            lines.append(f"  {_fmt_bytes(g.growth_bytes, True):>10}  {g.site}  ({blocks}"
+            lines.append(f"  {_fmt_bytes(g.growth_bytes, True):>10}  {short_site(g.site)}  ({blocks}"
                          f"rising in {g.rising_fraction:.0%} of snapshots{per})")
             if g.app_site and g.app_site != g.site:
-                lines.append(f"{'':14}caused by {g.app_site}")
+                lines.append(f"{'':14}caused by {short_site(g.app_site)}")
     if v.kinds:
         lines += ["", "Kind of leak:"]
         for k in v.kinds:
