@@ -424,17 +424,27 @@ def _delta_attribution(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: fl
     out.sort(key=lambda a: (a.significant, a.share_of_growth), reverse=True)
     return out
 
-def _scale_tagged_to_rss(endpoints: list[EndpointAttribution], rss: Trend, heap: Trend | None,
-                         notes: list[str]) -> None:
+def _scale_tagged_to_rss(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: float,
+                         endpoints: list[EndpointAttribution], rss: Trend, notes: list[str]) -> None:
     """Tagged samples say how many live Python bytes each call keeps; a leak of small
     objects costs more RSS than that (allocator pools, fragmentation around the kept
-    objects). When the live heap carries the RSS growth, scale the per-call figures by
-    RSS growth per byte of heap growth, within 1..4x, and keep the heap figure beside."""
-    if heap is None or heap.metric != "heap_live_bytes" or rss.status != "leaking":
+    objects). The RSS floor against the suspect's own cumulative calls says how much RSS
+    each call costs; its share of the tagged growth gives the suspect's part. The ratio
+    of that to the heap figure (within 1..4x) scales every tagged row; the heap figure
+    stays beside."""
+    significant = [e for e in endpoints if e.significant and e.evidence == "tagged heap samples"]
+    if rss.status != "leaking" or not significant or significant[0].retained_bytes_per_call <= 0:
         return
-    if not (heap.slope_bytes_per_s > 0 and rss.slope_bytes_per_s > 0):
+    suspect = significant[0]
+    counts = _call_counts(s, sid).get((suspect.method, suspect.route))
+    if counts is None or not len(samples):
         return
-    ratio = rss.slope_bytes_per_s / heap.slope_bytes_per_s
+    ts = samples["ts"].to_numpy(dtype=float, na_value=np.nan)
+    fit = fit_growth(_calls_at(counts, ts), _floors(s, sid, samples, "rss_bytes"), float(_calls_at(counts, warm_ts)))
+    if fit is None or fit.slope <= 0:
+        return
+    share = suspect.share_of_growth / max(sum(e.share_of_growth for e in significant), 1e-12)
+    ratio = fit.slope * share / suspect.retained_bytes_per_call
     if not 1.0 < ratio <= 4.0:
         return
     for e in endpoints:
@@ -789,7 +799,7 @@ def diagnose(sessions: Sessions, session_id: str | None = None) -> Verdict:
                      "reuses memory others freed, so the growth shows in whichever request next needs fresh "
                      "pages; RSS alone cannot name the endpoint here")
     if attribution == "tagged heap samples":
-        _scale_tagged_to_rss(endpoints, rss, traced, notes)
+        _scale_tagged_to_rss(sessions, sid, samples, warm_ts, endpoints, rss, notes)
     # a second leak of another kind shows beside the first, unless the first explains the growth
     named = {(e.method, e.route) for e in endpoints if e.significant}
     explained = _explained_share(sessions, sid, endpoints, rss, warm_ts, duration)
