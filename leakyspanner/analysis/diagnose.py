@@ -410,11 +410,17 @@ def _delta_attribution(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: fl
         if fit is not None and fit.slope > 0:
             scale = fit.slope / estimates[top].per_call
     growth_after = max(g, 0.0) * max(float(samples["ts"].max()) - warm_ts, 0.0) if len(samples) else 0.0
+    # An endpoint that holds far more Python heap while in flight than the RSS its calls seem to
+    # keep is a transient allocator: its RSS deltas are the allocator's pool growing for memory
+    # another endpoint keeps (the heap engine sees its in-flight bytes at the samples).
+    _, tagged = tagged_endpoint_series(s, sid)
+    in_flight = {key: float(np.mean(series)) for key, series in tagged.items() if len(series)}  # average held
     out = []
     for key, e in estimates.items():
         contribution = contributions[key]
+        transient = in_flight.get(key, 0.0) >= 2 * max(e.per_call, 1.0)
         significant = bool(e.per_call - 2.5 * e.stderr > 0 and contribution * scale >= max(0.25 * growth_after, 2 * _MB)
-                           and rss.status == "leaking" and e.median > 0)
+                           and rss.status == "leaking" and e.median > 0 and not transient)
         out.append(EndpointAttribution(
             method=key[0], route=key[1], calls=int(counts[key][1][-1]) if key in counts else e.measured,
             retained_bytes_per_call=max(e.per_call, 0.0) * scale,
@@ -433,7 +439,7 @@ def _scale_tagged_to_rss(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: 
     of that to the heap figure (within 1..4x) scales every tagged row; the heap figure
     stays beside."""
     significant = [e for e in endpoints if e.significant and e.evidence == "tagged heap samples"]
-    if rss.status != "leaking" or not significant or significant[0].retained_bytes_per_call <= 0:
+    if not significant or significant[0].retained_bytes_per_call <= 0:
         return
     suspect = significant[0]
     counts = _call_counts(s, sid).get((suspect.method, suspect.route))
@@ -441,7 +447,7 @@ def _scale_tagged_to_rss(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: 
         return
     ts = samples["ts"].to_numpy(dtype=float, na_value=np.nan)
     fit = fit_growth(_calls_at(counts, ts), _floors(s, sid, samples, "rss_bytes"), float(_calls_at(counts, warm_ts)))
-    if fit is None or fit.slope <= 0:
+    if fit is None or fit.slope <= 0 or fit.low <= 0:  # RSS must rise with the suspect's calls
         return
     share = suspect.share_of_growth / max(sum(e.share_of_growth for e in significant), 1e-12)
     ratio = fit.slope * share / suspect.retained_bytes_per_call
@@ -473,18 +479,22 @@ def _explained_share(s: Sessions, sid: str, endpoints: list[EndpointAttribution]
 
 
 def _collinear(s: Sessions, sid: str, samples: pd.DataFrame, warm_ts: float, key: tuple[str, str]) -> bool:
-    """True when ``key``'s traffic barely varied after warm-up: its cumulative calls are
-    a straight line in time, like every other endpoint's under a steady mix, so no
+    """True when ``key``'s share of the traffic barely varied after warm-up: its cumulative
+    calls are a straight line in the others' calls, as under a steady mix, so no
     regression over time can tell which of them grows memory."""
     x, keys, ts = _interval_matrix(s, sid, samples)
     if key not in keys or len(keys) < 2:
         return False
     keep = ts > warm_ts
-    target = np.cumsum(x, axis=0)[keep][:, keys.index(key)]
-    t = ts[keep]
+    cumulative = np.cumsum(x, axis=0)[keep]
+    j = keys.index(key)
+    target = cumulative[:, j]
+    others = np.delete(cumulative, j, axis=1).sum(axis=1)
     if len(target) < 4 or target[-1] <= target[0]:
         return True
-    trend = np.column_stack([t, np.ones(len(t))])
+    # against the other endpoints' calls, not time: a throughput that varies moves every
+    # endpoint together, and only a share that varies tells them apart
+    trend = np.column_stack([others, np.ones(len(others))])
     detrended = target - trend @ np.linalg.lstsq(trend, target, rcond=None)[0]
     return float(np.std(detrended)) < _STEADY_SHARE * float(target[-1] - target[0])
 
@@ -915,6 +925,8 @@ def _headline(status: str, rss: Trend, traced: Trend | None, suspect: EndpointAt
         parts.append(f"Leaking: RSS grows {rss.mb_per_hour:.1f} MB/hour{per} after warm-up")
     elif traced is not None and traced.status == "leaking":
         parts.append(f"Leaking: traced Python memory grows {traced.mb_per_hour:.1f} MB/hour after warm-up")
+    elif suspect is not None and suspect.evidence == "tagged heap samples":
+        parts.append("Leaking: the Python heap grows with each call of one endpoint")
     else:
         parts.append("Leaking resources")
     if suspect is not None:
