@@ -686,6 +686,47 @@ def _parse_or_fall_back(path: Path, skipped: list[tuple[str, int, str]]) -> tupl
 
 # ------------------------------------------------------------------ assembly
 
+def _names(given: Any, default: Sequence[str]) -> list[str]:
+    """A record's own field list when it is a list of strings, else the schema's."""
+    if isinstance(given, list) and given and all(isinstance(n, str) for n in given):
+        return given
+    return list(default)
+
+
+def _rows(given: Any) -> list[list[Any]]:
+    return [row for row in given if isinstance(row, list)] if isinstance(given, list) else []
+
+
+_HEAP_TEXT = frozenset({"method", "route", "file", "function", "app_file"})
+
+
+def _rows_of_dicts(given: Any) -> list[dict[str, Any]]:
+    return [row for row in given if isinstance(row, dict)] if isinstance(given, list) else []
+
+
+def _route_values(route: dict[str, Any]) -> dict[str, Any]:
+    """Where a route's code lives, with anything of the wrong shape nulled."""
+    text = {k: route.get(k) if isinstance(route.get(k), str) else None
+            for k in ("method", "route", "file", "function")}
+    lines = {k: route.get(k) if isinstance(route.get(k), int) and not isinstance(route.get(k), bool)
+             and 0 <= route.get(k) < 2**31 else None for k in ("first_line", "last_line")}
+    return {**text, **lines}
+
+
+def _heap_values(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """A heap row's values with anything of the wrong shape nulled: text fields must be
+    strings; counts, lines and bytes finite non-negative integers within float precision."""
+    out: dict[str, Any] = {}
+    for name, value in zip(names, row):
+        if name in _HEAP_TEXT:
+            out[name] = value if isinstance(value, str) else None
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**53:
+            out[name] = int(value)
+        else:
+            out[name] = None
+    return out
+
+
 class _Collector:
     """Accumulates raw column lists across files; frames are typed once, at the end."""
 
@@ -747,22 +788,19 @@ class _Collector:
         for heap in by_kind.get("heap", ()):
             ts, seq = heap.get("ts"), heap.get("seq")
             common = {"session_id": sid, "heap_seq": seq, "ts": ts, "elapsed_s": _minus(ts, start_ts)}
-            names = heap.get("endpoint_fields") or schema.HEAP_ENDPOINT_FIELDS
-            for row in heap.get("endpoints") or ():
-                if isinstance(row, list):
-                    self._row("heap_endpoints", {**dict(zip(names, row)), **common})
-            names = heap.get("site_fields") or schema.HEAP_SITE_FIELDS
-            for row in heap.get("sites") or ():
-                if isinstance(row, list):
-                    values = dict(zip(names, row))
-                    app = (f"{values.get('app_file')}:{values.get('app_line')}"
-                           if values.get("app_file") is not None else None)
-                    self._row("heap_sites", {**values, **common, "site": f"{values.get('file')}:{values.get('line')}",
-                                             "app_site": app})
+            names = _names(heap.get("endpoint_fields"), schema.HEAP_ENDPOINT_FIELDS)
+            for row in _rows(heap.get("endpoints")):
+                self._row("heap_endpoints", {**_heap_values(names, row), **common})
+            names = _names(heap.get("site_fields"), schema.HEAP_SITE_FIELDS)
+            for row in _rows(heap.get("sites")):
+                values = _heap_values(names, row)
+                app = (f"{values.get('app_file')}:{values.get('app_line')}"
+                       if values.get("app_file") is not None else None)
+                self._row("heap_sites", {**values, **common, "site": f"{values.get('file')}:{values.get('line')}",
+                                         "app_site": app})
         for routes in by_kind.get("routes", ())[-1:]:
-            for route in routes.get("routes") or ():
-                if isinstance(route, dict):
-                    self._row("routes", {**route, "session_id": sid})
+            for route in _rows_of_dicts(routes.get("routes")):
+                self._row("routes", {**_route_values(route), "session_id": sid})
         summaries = by_kind.get("summary")
         for endpoint in (summaries[-1].get("endpoints") or ()) if summaries else ():
             if isinstance(endpoint, dict):

@@ -201,23 +201,17 @@ class HeapSites:
         rows = heap.snapshot()
         stats = heap.stats()
         names: dict[tuple[int, int], tuple[str, str]] = {}
-        endpoints: dict[tuple[str, str], list[int]] = {}
+        endpoints: dict[tuple[Any, ...], list[int]] = {}
         sites: dict[tuple[Any, ...], list[int]] = {}
         for route_id, method_code, stack_id, samples, count, size in rows:
             endpoint = self._endpoint(route_id, method_code, names)
-            acc = endpoints.get(endpoint)
-            if acc is None:
-                acc = endpoints[endpoint] = [0, 0, 0]
-            acc[0] += size
-            acc[1] += count
-            acc[2] += samples
-            key = (*endpoint, *self._site(stack_id))
-            acc = sites.get(key)
-            if acc is None:
-                acc = sites[key] = [0, 0, 0]
-            acc[0] += size
-            acc[1] += count
-            acc[2] += samples
+            for table, key in ((endpoints, endpoint), (sites, (*endpoint, *self._site(stack_id)))):
+                acc = table.get(key)
+                if acc is None:
+                    acc = table[key] = [0, 0, 0]
+                acc[0] += size
+                acc[1] += count
+                acc[2] += samples
         site_rows = sorted(sites.items(), key=lambda kv: kv[1][0], reverse=True)[:_MAX_SITE_ROWS]
         record = {
             "seq": self._seq, "engine": "sampler", "sample_bytes": int(stats.get("sample_bytes", self.sample_bytes)),

@@ -228,3 +228,28 @@ def test_the_field_types_cover_every_field_of_every_kind():
     assert load_module._FIELD_TYPES["sample"]["rss_bytes"] == "count"
     assert load_module._FIELD_TYPES["sample"]["rss_delta_bytes"] == "int"
     assert load_module._FIELD_TYPES["snapshot"]["sites"] == ("rows", "site_fields", schema.SITE_FIELDS)
+
+
+def test_heap_rows_of_the_wrong_shape_are_nulled_not_fatal(tmp_path):
+    """A heap record's nested rows: a number where text belongs, negative or huge numbers."""
+    import json as _json
+
+    from leakyspanner import schema as _schema
+    from leakyspanner.analysis import load as _load
+
+    lines = [
+        {"kind": "header", "format": _schema.FORMAT_NAME, "schema_version": _schema.SCHEMA_VERSION,
+         "session_id": "s", "start_ts": 1_700_000_000.0},
+        {"kind": "heap", "ts": 1_700_000_001.0, "seq": 0, "engine": "sampler",
+         "endpoints": [["GET", 7, 10, 1, 1], ["GET", "/b", 5, 2, 1]],
+         "sites": [["GET", "/b", 3, 3, "f", None, None, 100, 1, 1]]},
+        {"kind": "routes", "ts": 1_700_000_001.0, "routes": [{"method": 5, "route": "/b", "first_line": True}]},
+    ]
+    path = tmp_path / "leakyspanner_20231114_221320.jsonl"
+    path.write_text("".join(_json.dumps(line) + "\n" for line in lines))
+    sessions = _load(path, warn=False)
+    rows = sessions.heap_endpoints
+    assert list(rows["route"].astype(str)) == ["/b"] and rows["size_bytes"].iloc[0] == 5  # the bad row is gone
+    assert sessions.heap_sites["file"].isna().all() or not len(sessions.heap_sites)
+    assert sessions.routes["method"].isna().all() and sessions.routes["first_line"].isna().all()
+    assert sessions.skipped or sessions.heap_sites["file"].isna().all()

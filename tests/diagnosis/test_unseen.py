@@ -24,6 +24,8 @@ from unseen.scenarios import SCENARIOS
 EXPECTED_TO_FAIL: dict[str, str] = {
     "tasks": "right endpoint and line; bytes/call from the live heap is a third of the RSS the leaked tasks cost "
              "(small objects fragment pymalloc's pools) and the RSS/heap scaling does not always reach it",
+    "metrics_labels": "borderline at 12 s: right endpoint and line, bytes/call 0.8-1.3x the outside RSS figure "
+                      "across runs (the 12 s outside figure itself moves by about 20%)",
     "unclosed_clients": "native leak whose mallocs reuse memory a transient endpoint freed: RSS grows in the "
                         "transient endpoint's requests, so RSS alone cannot name the leaker under a steady mix "
                         "(the verdict says so and names none)",
