@@ -267,7 +267,8 @@ def drive(names: list[str], kind: str, ns: list[int], wrap: str | None, opcodes:
     for name, (app, _), n, (counted, measured) in zip(names, built, ns, results):
         config = CONFIGS[name]
         if config.seed:  # 0.1.2 reads RSS at both ends of every request
-            counted = measured = sum(s.call_count for s in app.state.profiler._endpoint_stats.values()) - _WARMUP
+            untimed = _WARMUP + 1  # the warm-up and the request after the pause
+            counted = measured = sum(s.call_count for s in app.state.profiler._endpoint_stats.values()) - untimed
         runs.append({"config": name, "n": n, "counted": counted, "measured": measured})
         if counted != n:
             problems.append(f"{name}: the profiler counted {counted} of {n} timed requests")
@@ -485,10 +486,9 @@ def _opcodes_per_request(run: Run, name: str, kind: str, n: int) -> dict[str, fl
 
 
 def _short(fn: str) -> str:
-    for marker in ("site-packages/", "/work/main/", str(common.REPO_ROOT) + "/"):
-        if marker in fn:
-            return fn.split(marker, 1)[1]
-    return fn
+    """A path without the directories that say nothing: the build tree, the venv, the copy."""
+    fn = re.sub(r"^\S*?/(Python-[\d.]+|site-packages|leakyspanner-instructions-[^/]+)/", "", fn)
+    return fn.replace(str(common.REPO_ROOT) + "/", "")
 
 
 def callgrind_report(run: Run, name: str, kind: str, n: int, top: int) -> dict[str, Any]:
@@ -512,7 +512,7 @@ def callgrind_report(run: Run, name: str, kind: str, n: int, top: int) -> dict[s
     return {
         "config": name, "kind": kind, "n": n,
         "total_per_request": {"bare": round(sum(base.values())), name: round(sum(other.values()))},
-        "c_functions": [[fn, round(d)] for fn, d in c_rows],
+        "c_functions": [[_short(fn), round(d)] for fn, d in c_rows],
         "python_opcodes_per_request": {"bare": round(sum(ops_base.values()), 1),
                                        name: round(sum(ops_other.values()), 1)},
         "python_functions": [[_short(fn), round(d, 1)] for fn, d in py_rows],
