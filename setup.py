@@ -13,6 +13,14 @@ setup(
             optional=True,
             extra_compile_args=["-O2"],
             libraries=["m"] if os.name == "posix" else [],
-        )
+        ),
+        Extension(
+            "leakyspanner.capture._reqpath",
+            ["leakyspanner/capture/_reqpath.c"],
+            # optional: without it the middleware keeps its pure-Python request path
+            optional=True,
+            extra_compile_args=["-O2"],
+            libraries=["m"] if os.name == "posix" else [],
+        ),
     ]
 )

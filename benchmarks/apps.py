@@ -39,14 +39,20 @@ from pydantic import BaseModel
 
 __all__ = ["CONFIGS", "ENDPOINTS", "SEED_CONFIGS", "VALIDATE_BODY", "EmptyMiddleware", "app_from_env", "make_app"]
 
-LEVEL_CONFIGS = ("basic", "mid", "deep", "auto", "deep10", "basic-rss-all", "basic-no-rss")
+LEVEL_CONFIGS = ("basic", "mid", "deep", "auto", "deep10", "basic-rss-all", "basic-no-rss", "basic-py",
+                 "basic-no-rss-py", "auto-tracemalloc")
 #: configs that are a level with extra arguments: deep10 is deep at the seed's 10 frames,
 #: basic-rss-all reads RSS at both ends of every request (the cost the sampling avoids)
 _VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "deep10": ("deep", {"traceback_frames": 10}),
     "basic-rss-all": ("basic", {"request_rss_interval_seconds": 0}),
     # RSS never read after the first 0.1 s: the request path's floor
-    "basic-no-rss": ("basic", {"request_rss_interval_seconds": 1e9}),
+    "basic-no-rss": ("basic", {"request_rss_interval_seconds": 86_400}),
+    # the pure-Python request path (the fallback where the C extension is not built)
+    "basic-py": ("basic", {"request_path": "python"}),
+    "basic-no-rss-py": ("basic", {"request_rss_interval_seconds": 86_400, "request_path": "python"}),
+    # auto on the tracemalloc engine, idle (no growth): basic's request path with tracing off
+    "auto-tracemalloc": ("auto", {"allocator": "tracemalloc"}),
 }
 SEED_CONFIGS = ("seed-basic", "seed-mid", "seed-deep")
 #: the bare app under tracemalloc alone (1 and 5 frames): the floor under mid and deep, so

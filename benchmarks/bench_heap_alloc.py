@@ -16,9 +16,11 @@ Four measurements, all in one process except the instruction counts:
   start-up, so ``(I(6N) - I(N)) / 5N`` leaves only the loop.
 * **stack capture**: the extra time of a sampled allocation at a depth of 140
   Python frames, for max_frames 8, 32 (the default) and 128; ``fresh`` makes
-  new frames for every sample (a request's frames: frame objects get made),
-  ``stable`` samples again and again from the same frames. At the default
-  depth also in instructions (cachegrind, N and 6N samples as above).
+  new frames for every sample (a request's frames: where the engine walks
+  them through the public API, frame objects get made), ``stable`` samples
+  again and again from the same frames. At the default depth also in
+  instructions (cachegrind, N and 6N samples as above). The report names the
+  walk the build uses (``stats()["frame_walk"]``).
 * **snapshot**: ``snapshot()`` with 100k live samples in 1 and in 1000 groups.
 
     python -m benchmarks.bench_heap_alloc [--quick]
@@ -293,7 +295,8 @@ def render(data: dict[str, Any]) -> str:
     out = [common.table(["loop", "config", "blocks/iter", "ns/block (best)", "ns/iter (median)",
                          "+ns/block vs off", "instr/block", "+instr/block"], rows)]
     stack_instr = instr.get("stack", {})
-    out.append("\n" + common.table(
+    out.append(f"\nstack capture reads {data.get('frame_walk')}")
+    out.append(common.table(
         ["max_frames", "depth", "frames", "µs per sample", "samples", "instr per sample"],
         [[r["max_frames"], r["depth"], r["frames"], r["us_per_sample"], r["samples"],
           stack_instr.get(r["frames"]) if r["max_frames"] == stack_instr.get("max_frames") else None]
@@ -319,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.drive:
         drive(args.drive, args.kind, args.n)
     t0 = time.monotonic()
+    heap.start(2**50, 1, _TAG)
+    frame_walk = heap.stats().get("frame_walk")  # how this build reads a sample's frames
+    heap.stop()
     data: dict[str, Any] = {
+        "frame_walk": frame_walk,
         "allocations": time_allocations(200_000 if args.quick else 1_000_000, 5 if args.quick else 15,
                                         kept_mb=100),
         "stacks": time_stack_capture(500 if args.quick else 3000),

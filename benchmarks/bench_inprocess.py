@@ -53,7 +53,8 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
 CONFIGS = ("bare", "empty", "basic", "mid", "deep", "auto", "bare+tm1", "bare+tm5", "bare+tm10")
 #: no tracemalloc, so the apps can live side by side; basic-no-rss never reads RSS and
 #: basic-rss-all reads it for every request: the two ends of basic's cost
-PAIRED_CONFIGS = ("bare", "empty", "basic", "auto", "basic-no-rss", "basic-rss-all")
+PAIRED_CONFIGS = ("bare", "empty", "basic", "auto", "auto-tracemalloc", "basic-no-rss", "basic-rss-all",
+                  "basic-py", "basic-no-rss-py")
 # bare+tmN: the bare app with tracemalloc.start(N) around its window, the part of mid (1 frame)
 # and deep (5 frames; the seed's deep used 10) that is tracemalloc's own and no middleware can avoid
 TRACING_CONFIGS = ("mid", "deep", "bare+tm1", "bare+tm5", "bare+tm10")
@@ -184,8 +185,18 @@ async def _paired(configs: list[str], counts: dict[str, int], rounds: int, seed:
                     await common.call_asgi(app, scope, body)
         await asyncio.sleep(_RSS_SETTLE_S)
         requests = {kind: _request(kind) for kind in apps.ENDPOINTS}
+        before = {c: app.state.profiler.stats() for c, app in built.items() if app.state.profiler is not None}
         per_round = await common.paired_windows(built, requests, counts, rounds, random.Random(seed))
-        return {"rounds": rounds, "requests_per_window": counts, "cpu_us": per_round}
+        # the share of requests RSS was read for: bursts with idle gaps look like a low rate to the
+        # sampling, so it is higher here than under steady load (each costs two /proc reads and a record)
+        measured = {}
+        for c, b in before.items():
+            a = built[c].state.profiler.stats()
+            n = a.requests_total - b.requests_total
+            measured[c] = {"requests": n, "measured": a.request_records - b.request_records,
+                           "share": round((a.request_records - b.request_records) / n, 4) if n else None,
+                           "request_path": a.request_path}
+        return {"rounds": rounds, "requests_per_window": counts, "cpu_us": per_round, "measured": measured}
     finally:
         for app in built.values():
             if app.state.profiler is not None:
@@ -277,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = asyncio.run(_run(configs, rounds, window_s, args.interval_s, args.seed))
     summary = summarize(raw["samples"])
     paired_rounds = args.paired_rounds if args.paired_rounds is not None else (10 if args.quick else 80)
-    paired_configs = [c for c in PAIRED_CONFIGS if c in configs or c.startswith("basic-") and "basic" in configs]
+    paired_configs = [c for c in PAIRED_CONFIGS
+                      if c in configs or c.startswith(("basic-", "auto-")) and c.split("-")[0] in configs]
     paired = None
     if paired_rounds and "bare" in paired_configs and len(paired_configs) > 1:
         counts = {k: max(20, int(n * _PAIRED_WINDOW_S / window_s)) for k, n in raw["requests_per_window"].items()}
@@ -290,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render(summary))
     if paired:
         print(f"\npaired short windows, {paired_rounds} rounds:\n" + render_paired(paired["summary"]))
+        print("RSS-measured share of the paired requests: " + ", ".join(
+            f"{c} {v['share']:.1%}" for c, v in paired["measured"].items() if v["share"] is not None))
     print(f"\nwrote {path} in {time.monotonic() - t0:.0f} s")
     return 0
 

@@ -70,6 +70,13 @@ class StatmReadMiddleware:
         await self.app(scope, receive, send)
 
 
+def request_path() -> str:
+    """The request path basic runs here by default: "c" (the extension is built) or "python"."""
+    from leakyspanner.capture.middleware import resolve_request_path
+
+    return resolve_request_path("auto")
+
+
 def margin(baseline_extra: float) -> int:
     return round(max(MARGIN_SHARE * baseline_extra, MARGIN_MIN))
 
@@ -126,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     layouts = ", ".join(f"{k}: {v:,}" for k, v in result["by_layout"].items())
     versions = _versions()
     if args.update:
-        args.baseline.write_text(json.dumps({**result, "versions": versions, "margin_share": MARGIN_SHARE,
-                                             "margin_min": MARGIN_MIN}, indent=1) + "\n")
+        args.baseline.write_text(json.dumps({**result, "request_path": request_path(), "versions": versions,
+                                             "margin_share": MARGIN_SHARE, "margin_min": MARGIN_MIN},
+                                            indent=1) + "\n")
         print(f"instruction gate: baseline written to {args.baseline}: basic's extra over bare "
               f"{extra:,} instructions per tiny request (layouts {layouts}) in {elapsed:.0f} s")
         return 0
@@ -148,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     if drift:
         print("  measured with other versions than the baseline: "
               + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in drift.items()))
+    path, base_path = request_path(), baseline.get("request_path", "python")
+    if path != base_path:
+        print(f"  basic ran the {path} request path, the baseline the {base_path} one"
+              + (" (is the C extension leakyspanner.capture._reqpath built? pip install -e . builds it)"
+                 if path == "python" else ""), file=sys.stderr)
     if extra > limit:
         print(f"  the request path costs {extra - limit:,} instructions per request more than allowed. If that is "
               "intended, refresh the baseline: python -m benchmarks.instructions_gate --update "

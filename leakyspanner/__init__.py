@@ -11,7 +11,8 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
+from .capture.config import CaptureConfig  # noqa: E402
 from .capture.middleware import LeakyspannerMiddleware  # noqa: E402
-from .capture.profiler import Profiler, leakyspanner  # noqa: E402
+from .capture.profiler import CaptureStats, Profiler, leakyspanner  # noqa: E402
 
-__all__ = ["LeakyspannerMiddleware", "Profiler", "__version__", "leakyspanner"]
+__all__ = ["CaptureConfig", "CaptureStats", "LeakyspannerMiddleware", "Profiler", "__version__", "leakyspanner"]

@@ -1,4 +1,4 @@
-"""``leakyspanner`` command line: demo, report, inspect.
+"""``leakyspanner`` command line: demo, report, inspect, run, and the fleet commands.
 
 Each subcommand lives in its own module under ``leakyspanner.commands`` and is
 imported only when run, so ``--help`` never loads pandas. ``main`` is the one
@@ -37,6 +37,9 @@ _COMMANDS = {
     "demo": ("demo", "profile the bundled leaking app under generated traffic and show the result"),
     "report": ("report", "print the leak verdict for a session (exit 1 when a leak is found)"),
     "inspect": ("inspect", "serve the local web dashboard for a log file or directory"),
+    "run": ("run", "run a server (uvicorn, gunicorn, hypercorn) with capture attached to its app, no code change"),
+    "export": ("export", "write sessions into a Parquet dataset (partitioned by host and date) for the fleet"),
+    "fleet": ("fleet", "across many sessions: which routes leak on most hosts, outlier hosts or releases"),
 }
 
 

@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from netutil import ROOT, free_port  # noqa: F401  (re-exported for the tests that import them from here)
 
 
 @pytest.fixture(autouse=True)
@@ -40,12 +39,6 @@ def _no_profiler_left_running() -> Iterator[None]:
     except ImportError:
         return
     plt.close("all")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -12,12 +12,14 @@ from leakyspanner.analysis.load import LoadWarning, Sessions, load  # noqa: E402
 
 __all__ = ["LoadWarning", "Sessions", "load"]
 
-# Plots, statistics and the explorer load on first use, so importing the package stays light.
+# Plots, statistics, the diagnosis and the explorer load on first use, so importing the package stays light.
 _LAZY = {
     **dict.fromkeys(["plot_endpoint_deltas", "plot_rss_trend", "plot_session_comparison", "plot_site_diff"],
                     "leakyspanner.analysis.plots"),
     **dict.fromkeys(["align_elapsed", "downsample", "endpoint_comparison", "endpoint_label", "endpoint_table",
                      "session_growth", "site_diff", "smooth"], "leakyspanner.analysis.stats"),
+    **dict.fromkeys(["compare", "diagnose", "diagnose_all", "format_fix_check", "format_verdict"],
+                    "leakyspanner.analysis.diagnose"),
     "explore": "leakyspanner.analysis.widgets",
 }
 # explore needs the notebook extra, so a star import leaves it out.

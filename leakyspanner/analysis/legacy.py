@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import re
+import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,40 +30,71 @@ _HALF_DAY_S = 12 * 3600
 #: Start dates outside this range (Unix seconds) are not trusted: the loader's timestamps end in 2242.
 _START_RANGE = (0.0, 2.0 ** 33 - 2 * 86400)
 
-_CLOCK = r"\[(\d{1,2}):(\d{2}):(\d{2})\]"
-_NUM = r"[+-]?\d+(?:\.\d+)?"
-_SAMPLE = re.compile(
-    rf"^\s*{_CLOCK} RSS=({_NUM})MB\s+VMS=({_NUM})MB\s+delta=({_NUM})MB"
-    r"(?:\s+GC=\((\d+),\s*(\d+),\s*(\d+)\))?"
-)
-_ENDPOINT = re.compile(rf"^\s*{_CLOCK} ENDPOINT (\S+) (.+?)\s+mem_delta=({_NUM})MB(?:\s+status=(\d+))?")
-_ALERT = re.compile(rf"^\s*(?:!!|\u26a0\ufe0f?)\s*{_CLOCK}\s+(.*ALERT.*)$")
-_ALERT_GROWTH = re.compile(rf"({_NUM}) MB above baseline")
-_ALERT_BASELINE = re.compile(rf"baseline=({_NUM}) MB")
-_ALERT_CURRENT = re.compile(rf"current=({_NUM}) MB")
-_TOP_ALLOCATIONS = re.compile(r"^\s*(?:--|\u2500\u2500) top allocations (?:--|\u2500\u2500)\s*$")
-_ALLOCATION = re.compile(rf"^\s+({_NUM})(KB|MB) [x\u00d7] (\d+)\s+(.+):(\d+)\s*$")
-_EVENT = re.compile(r"^\s*\[event\] ([^:]+): ?(.*)$")
-_VERSION = re.compile(r"^\s*LeakySpanner v(\S+)", re.IGNORECASE)
-_STARTED = re.compile(r"^\s*started\s*:\s*(\S+)")
-_PLATFORM = re.compile(r"^\s*platform\s*:\s*(.*?)\s*$")
+
+# ------------------------------------------------------------ line patterns
+# Built from the writer's own table (schema.LOG_LINES): a template's text is
+# matched with any run of spaces standing for any (at least one) white space,
+# none needed beside a colon or before a padded value; a value by its shape;
+# each tail is optional; the words 0.1.x wrote differently (``!!`` for the
+# warning sign, ``x`` for ``×``, ``Snapshots`` for ``Samples``) are accepted too.
+
+_VARIANT = re.compile("(" + "|".join(map(re.escape, schema.LOG_VARIANTS)) + ")")
+
+
+def _template_pattern(template: str, values: Mapping[str, str]) -> str:
+    out = []
+    for text, name, spec, _ in string.Formatter().parse(template):
+        out.append(_spaced(text))
+        if name is not None:
+            padded = (spec or "").lstrip("<>^=+- ")[:1].isdigit()  # spaces may come before the value
+            if padded and not out[-1].endswith((r"\s+", r"\s*")):
+                out.append(r"\s*")
+            out.append(f"(?P<{name}>{schema.LOG_VALUES[values[name]]})")
+    return "".join(out)
+
+
+def _spaced(text: str) -> str:
+    """A template's literal text as a pattern (see above)."""
+    out = []
+    pieces = _VARIANT.split(text)
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            out.append("(?:" + "|".join(map(re.escape, (piece, *schema.LOG_VARIANTS[piece]))) + ")")
+            continue
+        runs = re.split(r"( +)", piece)
+        for j, run in enumerate(runs):
+            if j % 2 == 0:
+                out.append(re.escape(run))
+            else:
+                colon = runs[j - 1].endswith(":") or (j + 1 < len(runs) and runs[j + 1].startswith(":"))
+                out.append(r"\s*" if colon else r"\s+")
+    return "".join(out)
+
+
+def _line_pattern(line: schema.LogLine) -> re.Pattern[str]:
+    body = _template_pattern(line.template.lstrip(" "), line.values)
+    tails = "".join(f"(?:{_template_pattern(tail, line.values)})?" for tail in line.tails.values())
+    return re.compile(rf"^\s*{body}{tails}\s*$")
+
+
+_PATTERNS = {kind: _line_pattern(line) for kind, line in schema.LOG_LINES.items()}
+_HEADER_KINDS = ("version", "started", "platform", "level", "baseline", "jsonl")
+_BODY_KINDS = ("sample", "allocations", "endpoint", "alert", "event", "summary")
+_SUMMARY_KINDS = ("peak_rss", "final_rss", "baseline_rss", "net_growth", "samples", "requests", "summary_platform",
+                  "endpoints", "summary_endpoint")
 _PYTHON = re.compile(r"\b(?:CPython|PyPy|Python)\s+(\d+\.\d+\S*)")
-_LEVEL = re.compile(rf"^\s*level\s*:\s*(\w+)(?:\s+interval=({_NUM})s)?(?:\s+threshold=({_NUM})MB)?")
-_BASELINE = re.compile(rf"^\s*baseline\s*:\s*({_NUM}) MB RSS")
-_SUMMARY_START = re.compile(r"^\s*LEAKYSPANNER SESSION SUMMARY\s*$")
-_SUMMARY_RSS = re.compile(rf"^\s*(Peak|Final|Baseline) RSS\s*:\s*({_NUM}) MB")
-_SUMMARY_SAMPLES = re.compile(r"^\s*(?:Snapshots|Samples)\s*:\s*(\d+)")  # 0.1.x said Snapshots
-_SUMMARY_REQUESTS = re.compile(r"^\s*Requests\s*:\s*(\d+)\s+dropped=(\d+)\s+internal_errors=(\d+)")
-_SUMMARY_ENDPOINTS = re.compile(r"^\s*ENDPOINT MEMORY DELTAS\b")
-# Sampled endpoints (0.2) print avg=n/a max=n/a when none was measured, and how many were.
-_SUMMARY_ENDPOINT = re.compile(
-    rf"^\s+(\S+)\s+(.+?)\s+calls=\s*(\d+)\s+avg=(?:({_NUM})MB|n/a)\s+max=(?:({_NUM})MB|n/a)"
-    r"(?:\s+\(RSS measured on (\d+)\))?\s*$"
-)
 _PID_IN_STEM = re.compile(r"_p(\d+)$")
-# A line that starts like a known record but matched no full pattern is reported;
+
+
+def _opening(line: schema.LogLine) -> re.Pattern[str]:
+    """The start of a line kind, up to the words after its first value (``[12:00:05] RSS=``)."""
+    (text, name, spec, _), (after, *_) = list(string.Formatter().parse(line.template))[:2]
+    return re.compile(r"^\s*" + _template_pattern(f"{text}{{{name}:{spec}}}{after}".lstrip(" "), line.values))
+
+
+# A line that starts like a record but matched no full pattern is reported;
 # other lines (separators, headings, kinds added later) are passed over.
-_LOOKS_LIKE_RECORD = re.compile(rf"^\s*(?:!!|\u26a0\ufe0f?)?\s*{_CLOCK}\s+(?:RSS=|ENDPOINT|.*ALERT)|^\s+{_NUM}[KM]B [x\u00d7]")
+_RECORD_OPENINGS = [_opening(schema.LOG_LINES[kind]) for kind in ("sample", "endpoint", "alert", "allocation")]
 
 
 @dataclass
@@ -143,6 +176,212 @@ def _start_from_stem(stem: str) -> datetime | None:
         return None
 
 
+class _Reader:
+    """Reads a human log line by line; each line kind of ``schema.LOG_LINES`` has its ``_on_<kind>`` method."""
+
+    def __init__(self, stem: str, lines: list[str], fallback_start_ts: float) -> None:
+        self.header: dict[str, Any] = {"session_id": stem, "config": {},
+                                       "request_fields": list(schema.REQUEST_FIELDS)}
+        if pid := _PID_IN_STEM.search(stem):
+            self.header["pid"] = _int(pid.group(1))
+        self.log = LegacyLog(header=self.header)
+        self.requests: dict[str, list[Any]] = {name: [] for name in (*schema.REQUEST_FIELDS, "rss_delta_bytes")}
+        self.summary: dict[str, Any] | None = None
+        self.summary_line = 0
+        self.snapshot: dict[str, Any] | None = None
+        self.in_summary_endpoints = self.in_allocations = False
+        self.samples = self.snapshots = 0
+        self._started: tuple[int, datetime | None] | None = None
+        # The header block comes first; read it before any timestamp needs a date.
+        for number, line in enumerate(lines[:20], 1):
+            self._match(line, number, _HEADER_KINDS)
+        self.recognised = "leakyspanner_version" in self.header
+        start = self._started[1] if self._started else None
+        if self._started and _plausible(start) is None:
+            self.log.skipped.append((self._started[0],
+                                     "start date unreadable or out of range; dated from the file instead"))
+        start = _plausible(start) or _plausible(_start_from_stem(stem)) or datetime.fromtimestamp(fallback_start_ts)
+        self.header["start_ts"] = start.timestamp()
+        self.clock = _Clock(start)
+        self.last_ts: float = self.header["start_ts"]  # lines without a clock (events, allocations) take the latest
+        self.baseline = self.header.get("baseline_rss_bytes")
+        self.threshold_mb = self.header["config"].get("leak_threshold_mb")
+
+    def _match(self, line: str, number: int, kinds: tuple[str, ...]) -> bool:
+        """Hand ``line`` to the first of ``kinds`` whose pattern it matches; False when none does."""
+        for kind in kinds:
+            if m := _PATTERNS[kind].match(line):
+                getattr(self, f"_on_{kind}")(m, number)
+                return True
+        return False
+
+    def _record(self, number: int, values: dict[str, Any]) -> None:
+        self.log.records.append(values)
+        self.log.record_lines.append(number)
+
+    def _ts(self, m: re.Match[str]) -> float:
+        self.last_ts = self.clock.ts(*m["clock"].split(":"))
+        return self.last_ts
+
+    def read(self, lines: list[str], torn_last: bool) -> None:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            rule = set(line.strip()) == {"="}
+            if rule:
+                self.in_summary_endpoints = False  # the rule that closes the summary
+            if torn_last and number == len(lines):
+                # Every writer ends its lines with a newline: without one the line may be cut
+                # anywhere (status=20 of status=200), so none of it is trusted.
+                self.log.skipped.append((number, "torn last line"))
+                break
+            if self.in_allocations and self._match(line, number, ("allocation",)):
+                continue
+            self.in_allocations = False
+            if self._match(line, number, _BODY_KINDS + (_SUMMARY_KINDS if self.summary is not None else ())):
+                continue
+            if self.in_summary_endpoints and not rule:
+                self.log.skipped.append((number, "unrecognised summary line"))
+            elif any(opening.match(line) for opening in _RECORD_OPENINGS):
+                self.log.skipped.append((number, "unrecognised log line"))
+
+    # -- header block
+    def _on_version(self, m: re.Match[str], number: int) -> None:
+        self.header["leakyspanner_version"] = m["version"]
+
+    def _on_started(self, m: re.Match[str], number: int) -> None:
+        try:
+            self._started = (number, datetime.fromisoformat(m["started"]))
+        except ValueError:
+            self._started = (number, None)
+
+    def _on_platform(self, m: re.Match[str], number: int) -> None:
+        self.header["platform"] = m["platform"]
+        if py := _PYTHON.search(m["platform"]):
+            self.header["python"] = py.group(1)
+
+    def _on_level(self, m: re.Match[str], number: int) -> None:
+        self.header["level"] = m["level"]
+        if m["interval_s"] is not None:
+            self.header["config"]["interval_seconds"] = float(m["interval_s"])
+        if m["threshold_mb"] is not None:
+            self.header["config"]["leak_threshold_mb"] = float(m["threshold_mb"])
+
+    def _on_baseline(self, m: re.Match[str], number: int) -> None:
+        self.header["baseline_rss_bytes"] = _bytes(m["baseline_mb"])
+
+    def _on_jsonl(self, m: re.Match[str], number: int) -> None:
+        pass  # the name of the .jsonl beside it: the loader finds that by stem
+
+    # -- body
+    def _on_sample(self, m: re.Match[str], number: int) -> None:
+        ts = self._ts(m)
+        gc_count = [_int(g) for g in re.findall(r"\d+", m["gc"])] if m["gc"] is not None else None
+        rss, delta = _bytes(m["rss_mb"]), _bytes(m["delta_mb"])
+        self._record(number, {"kind": "sample", "ts": ts, "seq": self.samples, "rss_bytes": rss,
+                              "vms_bytes": _bytes(m["vms_mb"]), "rss_delta_bytes": delta, "gc_count": gc_count})
+        self.samples += 1
+        if self.baseline is None and rss is not None and delta is not None:
+            self.baseline = self.header["baseline_rss_bytes"] = rss - delta
+
+    def _on_allocations(self, m: re.Match[str], number: int) -> None:
+        self.snapshot = {"kind": "snapshot", "ts": self.last_ts, "seq": self.snapshots,
+                         "site_fields": list(schema.SITE_FIELDS), "sites": []}
+        self._record(number, self.snapshot)
+        self.snapshots += 1
+        self.in_allocations = True
+
+    def _on_allocation(self, m: re.Match[str], number: int) -> None:
+        assert self.snapshot is not None  # only matched right after an allocations line
+        size, unit = m["size"][:-2], m["size"][-2:]
+        self.snapshot["sites"].append([m["file"], _int(m["line"]), _bytes(size, _KB if unit == "KB" else _MB),
+                                       _int(m["count"]), None, None])
+
+    def _on_endpoint(self, m: re.Match[str], number: int) -> None:
+        row = {"ts": self._ts(m), "method": m["method"], "route": m["route"],
+               "status": _int(m["status"]) if m["status"] else None, "rss_delta_bytes": _bytes(m["delta_mb"])}
+        for name, values in self.requests.items():
+            values.append(row.get(name))
+        self.log.request_lines.append(number)
+
+    def _on_alert(self, m: re.Match[str], number: int) -> None:
+        self._record(number, {
+            "kind": "alert", "ts": self._ts(m), "alert": "memory_growth",
+            "rss_bytes": _bytes(m["rss_mb"]), "baseline_rss_bytes": _bytes(m["baseline_mb"]),
+            "growth_bytes": _bytes(m["growth_mb"]),
+            "threshold_bytes": None if self.threshold_mb is None else _bytes(str(self.threshold_mb)),
+        })
+
+    def _on_event(self, m: re.Match[str], number: int) -> None:
+        self._record(number, {"kind": "event", "ts": self.last_ts, "event": m["event"], "detail": m["detail"]})
+
+    # -- summary
+    def _on_summary(self, m: re.Match[str], number: int) -> None:
+        self.summary = {"kind": "summary", "endpoints": [], "baseline_rss_bytes": self.baseline}
+        self.summary_line = number
+
+    def _summary_bytes(self, name: str, m: re.Match[str]) -> None:
+        assert self.summary is not None  # summary kinds are matched only after the summary heading
+        self.summary[name] = _bytes(m["mb"])
+
+    def _on_peak_rss(self, m: re.Match[str], number: int) -> None:
+        self._summary_bytes("peak_rss_bytes", m)
+
+    def _on_final_rss(self, m: re.Match[str], number: int) -> None:
+        self._summary_bytes("final_rss_bytes", m)
+
+    def _on_baseline_rss(self, m: re.Match[str], number: int) -> None:
+        self._summary_bytes("baseline_rss_bytes", m)
+
+    def _on_net_growth(self, m: re.Match[str], number: int) -> None:
+        self._summary_bytes("net_growth_bytes", m)
+
+    def _on_samples(self, m: re.Match[str], number: int) -> None:
+        assert self.summary is not None
+        self.summary["samples"] = _int(m["samples"])
+
+    def _on_requests(self, m: re.Match[str], number: int) -> None:  # written since 0.2
+        assert self.summary is not None
+        for name in ("requests_total", "requests_dropped", "internal_errors"):
+            self.summary[name] = _int(m[name])
+
+    def _on_summary_platform(self, m: re.Match[str], number: int) -> None:
+        self.header.setdefault("platform", m["platform"])
+
+    def _on_endpoints(self, m: re.Match[str], number: int) -> None:
+        self.in_summary_endpoints = True
+
+    def _on_summary_endpoint(self, m: re.Match[str], number: int) -> None:
+        assert self.summary is not None
+        calls = _int(m["calls"])
+        self.summary["endpoints"].append({
+            "method": m["method"], "route": m["route"], "calls": calls,
+            "avg_delta_bytes": _mb_or_none(m["avg"]), "max_delta_bytes": _mb_or_none(m["max"]),
+            "rss_measured": _int(m["measured"]) if m["measured"] else calls,
+        })
+
+    def finish(self) -> LegacyLog | None:
+        log, summary = self.log, self.summary
+        # Event lines alone are too generic to claim a file for leakyspanner.
+        if not (self.recognised or self.requests["ts"] or any(r["kind"] != "event" for r in log.records)
+                or summary):
+            return None
+        log.requests = self.requests
+        if summary is not None:
+            summary["ts"] = self.last_ts
+            summary["duration_s"] = self.last_ts - self.header["start_ts"]
+            summary.setdefault("requests_total", sum(e["calls"] for e in summary["endpoints"]))
+            final, base = summary.get("final_rss_bytes"), summary.get("baseline_rss_bytes")
+            if summary.get("net_growth_bytes") is None:
+                summary["net_growth_bytes"] = final - base if final is not None and base is not None else None
+            self._record(self.summary_line, summary)
+        return log
+
+
+def _mb_or_none(text: str) -> int | float | None:
+    return None if text == "n/a" else _bytes(text.removesuffix("MB"))
+
+
 def parse_legacy(text: str, *, stem: str, fallback_start_ts: float) -> LegacyLog | None:
     """Parse a human log; ``None`` when ``text`` carries no leakyspanner line at all.
 
@@ -150,142 +389,6 @@ def parse_legacy(text: str, *, stem: str, fallback_start_ts: float) -> LegacyLog
     ``started`` header nor a timestamped file name does.
     """
     lines = text.split("\n")
-    torn_last = not text.endswith("\n")
-    header: dict[str, Any] = {"session_id": stem, "config": {}, "request_fields": list(schema.REQUEST_FIELDS)}
-    pid = _PID_IN_STEM.search(stem)
-    if pid:
-        header["pid"] = _int(pid.group(1))
-
-    # The header block comes first; read it before any timestamp needs a date.
-    start: datetime | None = None
-    started_line = 0
-    for number, line in enumerate(lines[:20], 1):
-        if m := _VERSION.match(line):
-            header["leakyspanner_version"] = m.group(1)
-        elif m := _STARTED.match(line):
-            started_line = number
-            try:
-                start = datetime.fromisoformat(m.group(1))
-            except ValueError:
-                start = None
-        elif m := _PLATFORM.match(line):
-            header["platform"] = m.group(1)
-            if py := _PYTHON.search(m.group(1)):
-                header["python"] = py.group(1)
-        elif m := _LEVEL.match(line):
-            header["level"] = m.group(1)
-            if m.group(2) is not None:
-                header["config"]["interval_seconds"] = float(m.group(2))
-            if m.group(3) is not None:
-                header["config"]["leak_threshold_mb"] = float(m.group(3))
-        elif m := _BASELINE.match(line):
-            header["baseline_rss_bytes"] = _bytes(m.group(1))
-    recognised = "leakyspanner_version" in header
-    log = LegacyLog(header=header)
-    if started_line and _plausible(start) is None:
-        log.skipped.append((started_line, "start date unreadable or out of range; dated from the file instead"))
-    start = _plausible(start) or _plausible(_start_from_stem(stem)) or datetime.fromtimestamp(fallback_start_ts)
-    header["start_ts"] = start.timestamp()
-
-    clock = _Clock(start)
-    requests: dict[str, list[Any]] = {name: [] for name in (*schema.REQUEST_FIELDS, "rss_delta_bytes")}
-    summary: dict[str, Any] | None = None
-    snapshot: dict[str, Any] | None = None
-    in_allocations = in_summary_endpoints = False
-    last_ts: float = header["start_ts"]  # lines without a clock (events, allocations) take the latest
-    baseline = header.get("baseline_rss_bytes")
-    threshold_mb = header["config"].get("leak_threshold_mb")
-    samples = snapshots = 0
-
-    summary_line = 0
-
-    def record(number: int, values: dict[str, Any]) -> None:
-        log.records.append(values)
-        log.record_lines.append(number)
-
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if in_summary_endpoints and set(line.strip()) == {"="}:
-            in_summary_endpoints = False  # the rule that closes the summary
-        if torn_last and number == len(lines):
-            # Every writer ends its lines with a newline: without one the line may be cut
-            # anywhere (status=20 of status=200), so none of it is trusted.
-            log.skipped.append((number, "torn last line"))
-            break
-        if in_allocations and snapshot is not None and (m := _ALLOCATION.match(line)):
-            size = _bytes(m.group(1), _KB if m.group(2) == "KB" else _MB)
-            snapshot["sites"].append([m.group(4), _int(m.group(5)), size, _int(m.group(3)), None, None])
-            continue
-        in_allocations = False
-        if m := _SAMPLE.match(line):
-            last_ts = clock.ts(*m.group(1, 2, 3))
-            gc_count = [_int(g) for g in m.group(7, 8, 9)] if m.group(7) is not None else None
-            rss, delta = _bytes(m.group(4)), _bytes(m.group(6))
-            record(number, {"kind": "sample", "ts": last_ts, "seq": samples, "rss_bytes": rss,
-                            "vms_bytes": _bytes(m.group(5)), "rss_delta_bytes": delta, "gc_count": gc_count})
-            samples += 1
-            if baseline is None and rss is not None and delta is not None:
-                baseline = header["baseline_rss_bytes"] = rss - delta
-        elif _TOP_ALLOCATIONS.match(line):
-            in_allocations = True
-            snapshot = {"kind": "snapshot", "ts": last_ts, "seq": snapshots,
-                        "site_fields": list(schema.SITE_FIELDS), "sites": []}
-            record(number, snapshot)
-            snapshots += 1
-        elif m := _ENDPOINT.match(line):
-            last_ts = clock.ts(*m.group(1, 2, 3))
-            row = {"ts": last_ts, "method": m.group(4), "route": m.group(5),
-                   "status": _int(m.group(7)) if m.group(7) else None, "rss_delta_bytes": _bytes(m.group(6))}
-            for name, values in requests.items():
-                values.append(row.get(name))
-            log.request_lines.append(number)
-        elif m := _ALERT.match(line):
-            last_ts = clock.ts(*m.group(1, 2, 3))
-            message = m.group(4)
-            growth, base, current = (_ALERT_GROWTH.search(message), _ALERT_BASELINE.search(message),
-                                     _ALERT_CURRENT.search(message))
-            record(number, {
-                "kind": "alert", "ts": last_ts,
-                "alert": "memory_growth" if "MEMORY GROWTH" in message else message,
-                "rss_bytes": _bytes(current.group(1)) if current else None,
-                "baseline_rss_bytes": _bytes(base.group(1)) if base else baseline,
-                "growth_bytes": _bytes(growth.group(1)) if growth else None,
-                "threshold_bytes": None if threshold_mb is None else _bytes(str(threshold_mb)),
-            })
-        elif m := _EVENT.match(line):
-            record(number, {"kind": "event", "ts": last_ts, "event": m.group(1), "detail": m.group(2)})
-        elif _SUMMARY_START.match(line):
-            summary = {"kind": "summary", "endpoints": [], "baseline_rss_bytes": baseline}
-            summary_line = number
-        elif summary is not None and (m := _SUMMARY_RSS.match(line)):
-            summary[f"{m.group(1).lower()}_rss_bytes"] = _bytes(m.group(2))
-        elif summary is not None and (m := _SUMMARY_SAMPLES.match(line)):
-            summary["samples"] = _int(m.group(1))
-        elif summary is not None and (m := _SUMMARY_REQUESTS.match(line)):  # written since 0.2
-            summary.update(zip(("requests_total", "requests_dropped", "internal_errors"), map(_int, m.groups())))
-        elif summary is not None and _SUMMARY_ENDPOINTS.match(line):
-            in_summary_endpoints = True
-        elif summary is not None and (m := _SUMMARY_ENDPOINT.match(line)):
-            calls = _int(m.group(3))
-            summary["endpoints"].append({"method": m.group(1), "route": m.group(2), "calls": calls,
-                                         "avg_delta_bytes": _bytes(m.group(4)),
-                                         "max_delta_bytes": _bytes(m.group(5)),
-                                         "rss_measured": _int(m.group(6)) if m.group(6) else calls})
-        elif in_summary_endpoints and set(line.strip()) != {"="}:
-            log.skipped.append((number, "unrecognised summary line"))
-        elif _LOOKS_LIKE_RECORD.match(line):
-            log.skipped.append((number, "unrecognised log line"))
-
-    # Event lines alone are too generic to claim a file for leakyspanner.
-    if not (recognised or requests["ts"] or any(r["kind"] != "event" for r in log.records) or summary):
-        return None
-    log.requests = requests
-    if summary is not None:
-        summary["ts"] = last_ts
-        summary["duration_s"] = last_ts - header["start_ts"]
-        summary.setdefault("requests_total", sum(e["calls"] for e in summary["endpoints"]))
-        final, base = summary.get("final_rss_bytes"), summary.get("baseline_rss_bytes")
-        summary["net_growth_bytes"] = final - base if final is not None and base is not None else None
-        record(summary_line, summary)
-    return log
+    reader = _Reader(stem, lines, fallback_start_ts)
+    reader.read(lines, torn_last=not text.endswith("\n"))
+    return reader.finish()

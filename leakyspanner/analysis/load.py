@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import bisect
 import codecs
-import functools
 import gc
 import glob
 import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from itertools import compress, repeat
@@ -45,9 +44,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leakyspanner import errors, schema
+from leakyspanner import discovery, errors, schema
 from leakyspanner.analysis import legacy
+from leakyspanner.progress import progress
 
+_loads: Callable[[bytes], Any]
 try:  # orjson, when installed, parses the bulk of request records faster
     from orjson import loads as _loads
 except ImportError:
@@ -72,7 +73,6 @@ _SUMMARY_COLUMNS = ("duration_s", "peak_rss_bytes", "final_rss_bytes", "net_grow
 _CATEGORICAL = ("method", "route")
 _REQUEST_DELTAS = (("rss_delta_bytes", "rss_before_bytes", "rss_after_bytes"),
                    ("traced_delta_bytes", "traced_before_bytes", "traced_after_bytes"))
-_LIST_OF_INTS = re.compile(r"list\[int\] of (\d+)")
 
 
 class LoadWarning(UserWarning):
@@ -83,35 +83,33 @@ class LoadWarning(UserWarning):
 # A spec is a list of (column, type, key): ``key`` says where a record keeps the
 # value (a field name, or (field, index) for lists expanded into columns).
 
-def _record_spec(kind: str) -> list[tuple[str, str, Any]]:
-    """Columns for a record kind, derived from the schema so new scalar fields just appear."""
-    spec: list[tuple[str, str, Any]] = [("session_id", "str", None), ("ts", "float", "ts"),
-                                        ("time", "time", None), ("elapsed_s", "float", None)]
-    for name, description in schema.FIELDS[kind].items():
-        if name in ("kind", "ts"):
-            continue
-        head = description.split(",", 1)[0].strip()  # "int|null", "list[int] of 3", '"memory_growth"'
-        scalar = next((t for t in ("float", "int", "bool", "str") if head.startswith(t)), None)
-        if m := _LIST_OF_INTS.fullmatch(head):
-            spec += [(f"{name}_{i}", "int", (name, i)) for i in range(int(m.group(1)))]
-        elif name in _CATEGORICAL:
-            spec.append((name, "category", name))
-        elif scalar is not None:
-            spec.append((name, scalar, name))
-        elif head.startswith(('"', "always")):
-            spec.append((name, "str", name))
-    return spec  # objects and lists (sites, traces, tasks by coroutine) get frames of their own
-
-
-def _unit_type(name: str) -> str:
-    """Type of a column known only by name: units live in names (``*_s`` seconds)."""
+def _column_type(name: str, f: schema.Field) -> str | None:
+    """A scalar field's column type; None for lists and objects (they get frames of their own)."""
     if name in _CATEGORICAL:
         return "category"
-    return "float" if name == "ts" or name.endswith("_s") else "int"
+    return f.type if f.type in ("int", "float", "bool", "str") else None
 
 
-_HEAP_SITE_TEXT = ("file", "function", "app_file")
-_ENDPOINT_FIELDS = [n.strip() for n in schema.FIELDS["summary"]["endpoints"].split(":", 1)[1].split(",")]
+def _record_spec(kind: str) -> list[tuple[str, str, Any]]:
+    """Columns for a record kind, from the schema's fields so new scalar fields just appear."""
+    spec: list[tuple[str, str, Any]] = [("session_id", "str", None), ("ts", "float", "ts"),
+                                        ("time", "time", None), ("elapsed_s", "float", None)]
+    for name, f in schema.FIELDS[kind].items():
+        if name in ("kind", "ts"):
+            continue
+        if f.type == "list" and f.items == "int" and f.length is not None:  # gc counts: a column each
+            spec += [(f"{name}_{i}", "int", (name, i)) for i in range(f.length)]
+        elif (column := _column_type(name, f)) is not None:
+            spec.append((name, column, name))
+    return spec
+
+
+def _row_spec(fields: dict[str, schema.Field], skip: Sequence[str] = ()) -> list[tuple[str, str, Any]]:
+    """Columns for the rows of a nested list, in the schema's order."""
+    return [(name, _column_type(name, f) or "str", None) for name, f in fields.items() if name not in skip]
+
+
+_TIMED = [("ts", "float", None), ("elapsed_s", "float", None)]
 _SPECS: dict[str, list[tuple[str, str, Any]]] = {
     "sessions": [
         ("session_id", "str", None), ("path", "str", None), ("format", "str", None),
@@ -130,30 +128,25 @@ _SPECS: dict[str, list[tuple[str, str, Any]]] = {
               ("coro", "str", None), ("tasks", "int", None)],
     "intervals": _record_spec("endpoint_interval"),
     "snapshots": _record_spec("snapshot"),
-    "sites": [("session_id", "str", None), ("snapshot_seq", "int", None), ("ts", "float", None),
-              ("elapsed_s", "float", None), ("file", "str", None), ("line", "int", None),
-              ("site", "str", None),
-              *[(name, "int", None) for name in schema.SITE_FIELDS if name not in ("file", "line")]],
+    "sites": [("session_id", "str", None), ("snapshot_seq", "int", None), *_TIMED,
+              ("file", "str", None), ("line", "int", None), ("site", "str", None),
+              *_row_spec(schema.SITE, skip=("file", "line"))],
     "traces": [("session_id", "str", None), ("snapshot_seq", "int", None), ("ts", "float", None),
                ("elapsed_s", "float", None), ("rank", "int", None), ("size_bytes", "int", None),
                ("count", "int", None), ("site", "str", None), ("traceback", "str", None)],
     "alerts": _record_spec("alert"),
     "events": _record_spec("event"),
-    "endpoints": [("session_id", "str", None), *[(n, _unit_type(n), n) for n in _ENDPOINT_FIELDS]],
+    "endpoints": [("session_id", "str", None), *_row_spec(schema.SUMMARY_ENDPOINT)],
     "heaps": _record_spec("heap"),
-    "heap_endpoints": [("session_id", "str", None), ("heap_seq", "int", None), ("ts", "float", None),
-                       ("elapsed_s", "float", None),
-                       *[(n, "category" if n in _CATEGORICAL else "int", None) for n in schema.HEAP_ENDPOINT_FIELDS]],
-    "heap_sites": [("session_id", "str", None), ("heap_seq", "int", None), ("ts", "float", None),
-                   ("elapsed_s", "float", None),
-                   *[(n, "category" if n in _CATEGORICAL else "str" if n in _HEAP_SITE_TEXT else "int", None)
-                     for n in schema.HEAP_SITE_FIELDS],
-                   ("site", "str", None), ("app_site", "str", None)],
-    "routes": [("session_id", "str", None), ("method", "str", None), ("route", "str", None),
-               ("file", "str", None), ("first_line", "int", None), ("last_line", "int", None),
-               ("function", "str", None)],
+    "heap_endpoints": [("session_id", "str", None), ("heap_seq", "int", None), *_TIMED,
+                       *_row_spec(schema.HEAP_ENDPOINT)],
+    "heap_sites": [("session_id", "str", None), ("heap_seq", "int", None), *_TIMED,
+                   *_row_spec(schema.HEAP_SITE), ("site", "str", None), ("app_site", "str", None)],
+    # method and route stay text here: one row per route, nothing to group
+    "routes": [("session_id", "str", None),
+               *[(n, "str" if f.type == "str" else "int", None) for n, f in schema.ROUTE.items()]],
 }
-_REQUEST_SPEC = [("session_id", "str"), *[(n, _unit_type(n)) for n in schema.REQUEST_FIELDS],
+_REQUEST_SPEC = [("session_id", "str"), *[(n, _column_type(n, f) or "str") for n, f in schema.REQUEST.items()],
                  ("time", "time"), ("elapsed_s", "float"),
                  *[(delta, "int") for delta, _, _ in _REQUEST_DELTAS]]
 # Record kind -> frame, for kinds that become one row per record.
@@ -168,7 +161,8 @@ def _floats(values: Sequence[Any]) -> np.ndarray:
         return np.array(values, dtype=np.float64)  # None becomes NaN
     except (TypeError, ValueError):
         coerced = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce")
-        return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+        floats: np.ndarray = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+        return floats
 
 
 def _column(values: Sequence[Any], kind: str) -> Any:
@@ -214,7 +208,7 @@ def _categorical(values: Sequence[Any]) -> pd.Categorical:
     return pd.Categorical.from_codes(remap[codes] if len(codes) else codes, categories=categories)
 
 
-def _frame(spec: Sequence[tuple[str, str, Any]], raw: dict[str, Sequence[Any]]) -> pd.DataFrame:
+def _frame(spec: Sequence[tuple[str, str, Any]], raw: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     data = {}
     for name, kind, _ in spec:
         data[name] = _column(raw["ts"] if name == "time" else raw[name], kind)  # time is typed from ts
@@ -238,12 +232,11 @@ def _value(record: dict[str, Any], key: Any) -> Any:
 # ------------------------------------------------------------------ the door
 # Every value is checked against its field's type before it reaches a column. A
 # value of the wrong shape or outside its field's range is left out (null) and
-# reported with its line; a record without a kind is skipped. Types come from the
-# schema's descriptions, ranges from the names (units live in names): ``ts`` is
-# Unix seconds before 2242 (datetime64[ns] ends in 2262), durations are never
-# negative, integers stay exact in float64 (|n| <= 2**53: integer columns are
-# typed through float64), and nothing is negative unless its name says it is a
-# difference.
+# reported with its line; a record without a kind is skipped. Types and ranges
+# come from the schema's fields: ``ts`` (unit unix_s) is Unix seconds before 2242
+# (datetime64[ns] ends in 2262), durations (unit s) are never negative, integers
+# stay exact in float64 (|n| <= 2**53: integer columns are typed through
+# float64), and no integer is negative unless its field is signed (a difference).
 
 _MAX_INT = 2 ** 53
 _MAX_TS = 2.0 ** 33
@@ -252,72 +245,41 @@ _RANGES = {"count": (0, _MAX_INT), "int": (-_MAX_INT, _MAX_INT), "amount": (0, _
 _EXPECTED = {"count": "a whole number >= 0 below 2^53", "int": "a whole number within +-2^53",
              "amount": "a number >= 0", "float": "a finite number", "seconds": "seconds >= 0 below 2^33",
              "ts": "Unix seconds between 1970 and 2242", "str": "text", "bool": "true or false"}
-_SIGNED_WORDS = ("delta", "diff", "growth")
-_TEXT_NAMES = frozenset({"method", "route", "file", "function", "app_file", "site", "coro", "event", "detail"})
 _NUMBER_TYPES = {int, float, type(None)}
-#: Keys of object fields the loader reads; their other keys are the writer's business.
-_READ_KEYS = {"config": ("interval_seconds", "interval_s", "leak_threshold_mb", "leak_threshold_bytes")}
+#: Keys of object fields the loader reads, and their checks; their other keys are the writer's business.
+_READ_KEYS = {"config": {"interval_seconds": "seconds", "interval_s": "seconds", "leak_threshold_mb": "amount",
+                         "leak_threshold_bytes": "count"}}
 
 
-@functools.cache
-def _named_type(name: str) -> Any:
-    """The type of a value known only by its name."""
-    if name in _TEXT_NAMES:
-        return "str"
-    if name == "frames":
-        return ("frames",)
-    if name in ("ts", "ts_start") or name.endswith("_ts"):
-        return "ts"
-    if name.endswith(("_s", "_seconds")):
-        return "seconds"
-    if name.endswith("_mb"):
-        return "amount"
-    return "int" if any(word in name for word in _SIGNED_WORDS) else "count"
+def _scalar_check(f: schema.Field) -> str:
+    """The door's check for a number, text or bool field."""
+    if f.type == "int":
+        return "int" if f.signed else "count"
+    if f.type == "float":
+        return {"unix_s": "ts", "s": "seconds"}.get(f.unit or "", "float")
+    return f.type
 
 
-def _default_names(description: str) -> tuple[str, ...]:
-    """Row field names a ``*_fields`` description gives: a JSON list, or a schema constant's name."""
-    literal = re.search(r"\[.*\]", description.split(",", 1)[1] if "," in description else "")
-    if literal:
-        return tuple(json.loads(literal.group(0)))
-    names = getattr(schema, description.split(",", 1)[-1].strip(), ())
-    return tuple(names) if isinstance(names, (list, tuple)) else ()
-
-
-def _described_type(kind: str, name: str, description: str) -> Any:
-    head = description.split(",", 1)[0].split(":", 1)[0].strip()
-    named = _named_type(name)
-    if head.startswith(('"', "always", "str")):
-        return "str"
-    if head.startswith("bool"):
-        return "bool"
-    if head.startswith("list[int]"):
-        return ("list", named if named in ("count", "int") else "count")
-    if head.startswith("list[str]"):
-        return ("list", "str")
-    if head.startswith("list[list]"):
-        fields_name = f"{name.removesuffix('s')}_fields"
-        names = _default_names(schema.FIELDS[kind].get(fields_name, ""))
-        return ("rows", fields_name, names)
-    if head.startswith("list[object]"):
-        return ("records", {word: _named_type(word) for word in re.findall(r"[a-z][a-z0-9_]*", description)})
-    if head.startswith("object"):
-        if "->" in description:
-            return ("map", "count")
-        return ("object", {key: _named_type(key) for key in _READ_KEYS.get(name, ())})
-    if head.startswith("int"):
-        return named if named in ("count", "int") else "count"
-    if head.startswith("float"):
-        return named if named in ("ts", "seconds") else "float"
-    return "any"
+def _check(name: str, f: schema.Field) -> Any:
+    """The door's check for a field: a scalar check's name, or a tuple for lists and objects."""
+    if f.type == "list":
+        if f.items == "row":
+            return ("rows", f.row_names, {key: _check(key, item) for key, item in (f.keys or {}).items()})
+        if f.items == "object":
+            return ("records", {key: _check(key, item) for key, item in (f.keys or {}).items()})
+        if f.items == "frame":
+            return ("frames",)
+        return ("list", "str" if f.items == "str" else "int" if f.signed else "count")
+    if f.type == "object":
+        return ("map", "count") if f.items == "int" else ("object", _READ_KEYS.get(name, {}))
+    return _scalar_check(f)
 
 
 def _field_types() -> dict[str, dict[str, Any]]:
-    """Record kind -> field -> type: the one table the door checks against."""
-    types = {kind: {name: _described_type(kind, name, description) for name, description in fields.items()}
-             for kind, fields in schema.FIELDS.items()}
-    types["request"] = {name: _named_type(name)
-                        for name in (*schema.REQUEST_FIELDS, *(delta for delta, _, _ in _REQUEST_DELTAS))}
+    """Record kind -> field -> check: the one table the door checks against."""
+    types = {kind: {name: _check(name, f) for name, f in fields.items()} for kind, fields in schema.FIELDS.items()}
+    types["request"] = {name: _check(name, f) for name, f in schema.REQUEST.items()}
+    types["request"].update((delta, "int") for delta, _, _ in _REQUEST_DELTAS)
     return types
 
 
@@ -393,14 +355,14 @@ def _conform(value: Any, kind: Any, record: dict[str, Any]) -> tuple[Any, str | 
         if not isinstance(value, dict):
             return None, f"{_shown(value)} is not an object"
         checks = kind[1].items() if shape == "object" else ((key, kind[1]) for key in list(value))
-        problems = [(key, why) for key, item_kind in checks
-                    if value.get(key) is not None and (why := _why(value[key], item_kind)) is not None]
-        for key, _ in problems:
+        wrong = [(key, why) for key, item_kind in checks
+                 if value.get(key) is not None and (why := _why(value[key], item_kind)) is not None]
+        for key, _ in wrong:
             if shape == "map":
                 del value[key]
             else:
                 value[key] = None
-        return value, _summed(problems, len(value), "key")
+        return value, _summed(wrong, len(value), "key")
     if not isinstance(value, list):
         return None, f"{_shown(value)} is not a list"
     problems: list[tuple[Any, str]] = []
@@ -416,12 +378,12 @@ def _conform(value: Any, kind: Any, record: dict[str, Any]) -> tuple[Any, str | 
         if shape == "rows":
             names = record.get(kind[1])
             if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
-                names = kind[2]
+                names = list(kind[2])
             if not isinstance(item, list):
                 why = f"{_shown(item)} is not a list"
-            else:
+            else:  # columns the schema does not know (a newer writer's) are not checked
                 for name, cell in zip(names, item):
-                    if cell is not None and (why := _why(cell, _named_type(name))) is not None:
+                    if cell is not None and (why := _why(cell, kind[2].get(name))) is not None:
                         why = f"{name} {why}"
                         break
         elif shape == "records":
@@ -481,13 +443,13 @@ def _admit_records(records: list[Any], numbers: list[int],
             for i in where:
                 value = kept[i].get(name)
                 if value is not None:
-                    kept[i][name], why = _conform(value, field_type, kept[i])
-                    if why is not None:
-                        skipped.append((kept_numbers[i], f"{kind} {name}: {why}"))
+                    kept[i][name], wrong = _conform(value, field_type, kept[i])
+                    if wrong is not None:
+                        skipped.append((kept_numbers[i], f"{kind} {name}: {wrong}"))
     return kept, kept_numbers
 
 
-def _admit_requests(requests: dict[str, Sequence[Any]], numbers: Sequence[int],
+def _admit_requests(requests: dict[str, Sequence[Any]], numbers: Sequence[int] | np.ndarray,
                     skipped: list[tuple[int, str]]) -> None:
     """Null every request value that is not of its field's type (columns are replaced, not edited)."""
     for name, values in list(requests.items()):
@@ -519,7 +481,7 @@ class _Parsed:
     skipped: list[tuple[int, str]]
     header_line: int = 1
     record_lines: list[int] = field(default_factory=list)
-    request_lines: Sequence[int] = ()
+    request_lines: Sequence[int] | np.ndarray = ()
 
 
 def _loads_or_none(line: bytes) -> Any:
@@ -579,9 +541,9 @@ def _header_problem(path: Path, header: Any, number: int) -> errors.Leakyspanner
 def _parse_jsonl(path: Path, data: bytes) -> list[_Parsed]:
     """One session per header line: two sessions concatenated into one file load as two."""
     lines = data.split(b"\n")
-    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    header = _loads_or_none(lines[first]) if first is not None else None
-    problem = _header_problem(path, header, (first or 0) + 1)
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), 0)
+    header = _loads_or_none(lines[first])
+    problem = _header_problem(path, header, first + 1)
     if problem is not None:
         raise problem
     lines[first] = b""
@@ -595,8 +557,9 @@ def _parse_jsonl(path: Path, data: bytes) -> list[_Parsed]:
     is_request = list(map(bytes.startswith, lines, repeat(_REQUEST_PREFIX)))
     rows, row_lines, bad = _request_rows(lines, is_request)
     skipped += bad
-    records, record_lines = [], []
-    headers = [(first + 1, header)]
+    records: list[dict[str, Any]] = []
+    record_lines: list[int] = []
+    headers: list[tuple[int, dict[str, Any]]] = [(first + 1, header)]
     for index in np.flatnonzero(~np.array(is_request, dtype=bool)).tolist():
         line, number = lines[index], index + 1
         if not line.strip():
@@ -659,7 +622,8 @@ def _parse_file(path: Path) -> list[_Parsed]:
                                   fallback_start_ts=path.stat().st_mtime)
         if log is None:
             raise errors.NotALogError(f"{path} is not a leakyspanner log: no line of it is in a leakyspanner format")
-        parts = [_Parsed(_LEGACY, log.header, log.records, log.requests, log.skipped, header_line=1,
+        requests: dict[str, Sequence[Any]] = {**log.requests}
+        parts = [_Parsed(_LEGACY, log.header, log.records, requests, log.skipped, header_line=1,
                          record_lines=log.record_lines, request_lines=log.request_lines)]
     for part in parts:
         _admit(part)
@@ -697,7 +661,7 @@ def _rows(given: Any) -> list[list[Any]]:
     return [row for row in given if isinstance(row, list)] if isinstance(given, list) else []
 
 
-_HEAP_TEXT = frozenset({"method", "route", "file", "function", "app_file"})
+_HEAP_TEXT = frozenset(n for n, f in {**schema.HEAP_ENDPOINT, **schema.HEAP_SITE}.items() if f.type == "str")
 
 
 def _rows_of_dicts(given: Any) -> list[dict[str, Any]]:
@@ -706,11 +670,13 @@ def _rows_of_dicts(given: Any) -> list[dict[str, Any]]:
 
 def _route_values(route: dict[str, Any]) -> dict[str, Any]:
     """Where a route's code lives, with anything of the wrong shape nulled."""
-    text = {k: route.get(k) if isinstance(route.get(k), str) else None
-            for k in ("method", "route", "file", "function")}
-    lines = {k: route.get(k) if isinstance(route.get(k), int) and not isinstance(route.get(k), bool)
-             and 0 <= route.get(k) < 2**31 else None for k in ("first_line", "last_line")}
-    return {**text, **lines}
+    out: dict[str, Any] = {}
+    for key, f in schema.ROUTE.items():
+        value = route.get(key)
+        fits = (isinstance(value, str) if f.type == "str"
+                else type(value) is int and 0 <= value < 2 ** 31)  # a line number
+        out[key] = value if fits else None
+    return out
 
 
 def _heap_values(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
@@ -731,8 +697,10 @@ class _Collector:
     """Accumulates raw column lists across files; frames are typed once, at the end."""
 
     def __init__(self) -> None:
-        self.raw = {name: {column: [] for column, _, _ in spec} for name, spec in _SPECS.items()}
+        self.raw: dict[str, dict[str, list[Any]]] = {name: {column: [] for column, _, _ in spec}
+                                                     for name, spec in _SPECS.items()}
         self.requests: list[pd.DataFrame] = []
+        self._request_ts: Any = np.empty(0)  # the last session's request start times (finite)
         self.skipped: list[tuple[str, int, str]] = []
 
     def _row(self, frame: str, values: dict[Any, Any]) -> None:
@@ -821,6 +789,7 @@ class _Collector:
             data[delta] = _column(given, "int") if given is not None else data[after] - data[before]
         self.requests.append(pd.DataFrame(data, copy=False))
         finite = ts[np.isfinite(ts)]
+        self._request_ts = finite
         return n, float(finite.max()) if finite.size else None
 
     def _add_session(self, path: Path, sid: str, parsed: _Parsed,
@@ -840,7 +809,11 @@ class _Collector:
             known[name] = last.get(name)
         if known["requests_total"] is None and parsed.format == _JSONL:
             known["requests_total"] = n_requests
-        ts_seen = [r.get("ts") for r in parsed.records if isinstance(r.get("ts"), (int, float))]
+        elif isinstance(known["requests_total"], int) and not summaries and isinstance(last.get("ts"), (int, float)):
+            # killed (or still running): requests that started after the last sample were served too and
+            # each record is one request, so the total is at least the last sample's count plus those
+            known["requests_total"] += int((self._request_ts > last["ts"]).sum())
+        ts_seen: list[float] = [r["ts"] for r in parsed.records if isinstance(r.get("ts"), (int, float))]
         if last_request_ts is not None:
             ts_seen.append(last_request_ts)
         end_ts = summary.get("ts") if summary.get("ts") is not None else max(ts_seen, default=None)
@@ -853,7 +826,7 @@ class _Collector:
             row["net_growth_bytes"] = _minus(row["final_rss_bytes"], row["baseline_rss_bytes"])
         if row["duration_s"] is None:
             row["duration_s"] = _minus(end_ts, start_ts)
-        config = header.get("config") if isinstance(header.get("config"), dict) else {}
+        config: dict[str, Any] = header["config"] if isinstance(header.get("config"), dict) else {}
         threshold_mb = config.get("leak_threshold_mb")
         if threshold_mb is None and isinstance(config.get("leak_threshold_bytes"), (int, float)):
             threshold_mb = config["leak_threshold_bytes"] / _MB
@@ -975,9 +948,7 @@ class Sessions:
 # ------------------------------------------------------------------- loading
 
 def _expand_dir(path: Path) -> list[Path]:
-    candidates = sorted([*path.glob("*"), *path.glob("*/*")])
-    suffixes = (schema.JSONL_SUFFIX, schema.LOG_SUFFIX)
-    return [p for p in candidates if p.suffix in suffixes and p.is_file()]
+    return discovery.session_files(path)
 
 
 def _expand(source: str | os.PathLike[str]) -> list[tuple[Path, bool]]:
@@ -1017,9 +988,8 @@ def _collect(source: _Source) -> list[tuple[Path, bool]]:
         key = path.resolve()
         unique[key] = (path, explicit or unique.get(key, (path, False))[1])
     # A .log beside a .jsonl of the same stem repeats it with less detail.
-    with_jsonl = {(key.parent, key.stem) for key in unique if key.suffix == schema.JSONL_SUFFIX}
-    return [pair for key, pair in unique.items()
-            if not (key.suffix == schema.LOG_SUFFIX and (key.parent, key.stem) in with_jsonl)]
+    kept = set(discovery.preferred(unique))
+    return [pair for key, pair in unique.items() if key in kept]
 
 
 @contextmanager
@@ -1047,6 +1017,13 @@ def _warn(skipped: list[tuple[str, int, str]]) -> None:
                   f"and loaded the rest: {'; '.join(parts)}", LoadWarning, stacklevel=3)
 
 
+def _file_bytes(found: tuple[Path, bool]) -> float:
+    try:
+        return float(found[0].stat().st_size)
+    except OSError:
+        return 0.0
+
+
 def load(source: _Source, *, warn: bool = True) -> Sessions:
     """Load sessions from a file, a directory, a glob, or a list of them.
 
@@ -1060,7 +1037,8 @@ def load(source: _Source, *, warn: bool = True) -> Sessions:
     collector = _Collector()
     with _gc_paused():
         found = _collect(source)
-        for path, explicit in found:
+        # a bar (by bytes) only on a terminal or in a notebook, and only after half a second
+        for path, explicit in progress(found, "loading", unit="files", weight=_file_bytes):
             try:
                 used, parts = _parse_or_fall_back(path, collector.skipped)
             except errors.NotALogError as exc:

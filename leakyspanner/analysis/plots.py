@@ -9,7 +9,7 @@ with a "no data" note when there is nothing to draw. The numbers come from
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -35,6 +35,11 @@ _NO_DATA = "no data"
 # Axes.boxplot/violinplot took ``orientation`` in 3.10 and deprecated ``vert``.
 _HORIZONTAL = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
                else {"vert": False})
+
+
+def _style(defaults: dict[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Our styling with the caller's matplotlib keywords on top (theirs win)."""
+    return {**defaults, **kwargs}
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -93,15 +98,44 @@ def _session_value(sessions: Sessions, session_id: str, column: str) -> float:
 def plot_rss_trend(sessions: Sessions, *, session_ids: str | Sequence[str] | None = None, traced: bool = True,
                    smooth_window: int | None = None, show_baseline: bool = True, show_threshold: bool = True,
                    show_alerts: bool = True, time_range: tuple[float | None, float | None] | None = None,
-                   labels: Mapping[str, str] | None = None, ax: Axes | None = None) -> Axes:
+                   labels: Mapping[str, str] | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
     """RSS (solid) and tracemalloc traced memory (dashed) over elapsed seconds.
 
     Several sessions are overlaid on one elapsed-time axis, each in its own
     colour. Dotted lines mark each session's baseline RSS and dash-dotted ones
     the alert threshold (baseline + ``leak_threshold_mb``); triangles mark
-    alerts. ``smooth_window`` averages that many samples; ``time_range`` is
-    ``(start_s, end_s)`` in elapsed seconds, either end ``None``; ``labels``
-    renames sessions in the legend.
+    alerts.
+
+    Parameters
+    ----------
+    sessions : Sessions
+        Loaded sessions (:func:`leakyspanner.analysis.load`).
+    session_ids : str or sequence of str, optional
+        The sessions to draw; all of them by default.
+    traced : bool, default True
+        Draw traced memory (dashed) where the session recorded it.
+    smooth_window : int, optional
+        Average this many samples (a rolling mean); no smoothing by default.
+    show_baseline, show_threshold, show_alerts : bool, default True
+        Draw each session's baseline RSS, alert threshold and alerts.
+    time_range : (float or None, float or None), optional
+        ``(start_s, end_s)`` in elapsed seconds; either end may be None.
+    labels : mapping of str to str, optional
+        Legend names by session id.
+    ax : matplotlib.axes.Axes, optional
+        The Axes to draw on; a new figure when None.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.plot` for the RSS lines
+        (``lw``, ``alpha``, ``color``...), over leakyspanner's own styling.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on (with a "no data" note when there is nothing to draw).
+
+    See Also
+    --------
+    plot_session_comparison : growth from each session's baseline, with fitted rates.
     """
     ax = _axes(ax, (9, 4.5))
     ids = _session_ids(sessions, session_ids)
@@ -128,7 +162,7 @@ def plot_rss_trend(sessions: Sessions, *, session_ids: str | Sequence[str] | Non
         part = part.assign(rss_bytes=stats.smooth(part["rss_bytes"], smooth_window),
                            traced_bytes=stats.smooth(part["traced_bytes"], smooth_window))
         part = stats.downsample(part, _MAX_POINTS, y=["rss_bytes", "traced_bytes"])
-        ax.plot(part["elapsed_s"], part["rss_bytes"] / _MB, color=color, label=f"{prefix}RSS")
+        ax.plot(part["elapsed_s"], part["rss_bytes"] / _MB, **_style({"color": color, "label": f"{prefix}RSS"}, kwargs))
         if traced and part["traced_bytes"].notna().any():
             ax.plot(part["elapsed_s"], part["traced_bytes"] / _MB, color=color, ls="--", lw=1.2,
                     label=f"{prefix}traced (tracemalloc)")
@@ -162,14 +196,14 @@ def _endpoint_values(sessions: Sessions, session_id: str | None, table: pd.DataF
     return [by_endpoint.get(name, np.array([])) for name in table["endpoint"]]
 
 
-def _violins(ax: Axes, values: list[np.ndarray], positions: list[int]) -> None:
+def _violins(ax: Axes, values: list[np.ndarray], positions: list[int], kwargs: Mapping[str, Any]) -> None:
     """Violins where a density exists; a single mark where an endpoint has one distinct value."""
     rng = np.random.default_rng(0)
     spread = [(v if len(v) <= _KDE_SAMPLE else rng.choice(v, _KDE_SAMPLE, replace=False), p)
               for v, p in zip(values, positions) if len(np.unique(v)) > 1]
     if spread:
-        ax.violinplot([v for v, _ in spread], positions=[p for _, p in spread], widths=0.8,
-                      showextrema=False, showmedians=True, **_HORIZONTAL)
+        ax.violinplot([v for v, _ in spread], positions=[p for _, p in spread], **_HORIZONTAL,
+                      **_style({"widths": 0.8, "showextrema": False, "showmedians": True}, kwargs))
     for v, p in zip(values, positions):
         if 0 < len(np.unique(v)) <= 1:
             ax.plot([v[0]], [p], marker="|", markersize=20, color="C0")
@@ -177,17 +211,44 @@ def _violins(ax: Axes, values: list[np.ndarray], positions: list[int]) -> None:
 
 def plot_endpoint_deltas(sessions: Sessions, *, session_id: str | None = None, routes: Sequence[str] | None = None,
                          kind: str = "box", max_endpoints: int = 12, scale: str = "symlog",
-                         ax: Axes | None = None) -> Axes:
+                         ax: Axes | None = None, **kwargs: Any) -> Axes:
     """Distribution of per-request RSS change for each endpoint, most suspicious first.
 
-    ``kind`` is ``"box"``, ``"violin"`` (one row per endpoint, the most
-    suspicious at the top, calls in the label) or ``"hist"`` (overlaid step
-    histograms, calls in the legend). ``routes`` keeps only those routes
-    (``"/items/{item_id}"`` or ``"GET /items/{item_id}"``); ``session_id=None``
-    pools every session. Suspicion is the average change, as in
-    :func:`~leakyspanner.analysis.stats.endpoint_table`. ``scale="symlog"``
-    (linear within 10 KB, logarithmic beyond) keeps the many small changes
-    and the rare page-sized jumps both visible; ``"linear"`` is plain.
+    Suspicion is the average change, as in
+    :func:`~leakyspanner.analysis.stats.endpoint_table`.
+
+    Parameters
+    ----------
+    sessions : Sessions
+        Loaded sessions (:func:`leakyspanner.analysis.load`).
+    session_id : str, optional
+        One session; None pools every session.
+    routes : sequence of str, optional
+        Keep only these routes (``"/items/{item_id}"`` or ``"GET /items/{item_id}"``).
+    kind : {"box", "violin", "hist"}, default "box"
+        One row per endpoint, the most suspicious at the top, calls in the
+        label (box, violin); or overlaid step histograms, calls in the legend.
+    max_endpoints : int, default 12
+        The most suspicious endpoints drawn.
+    scale : {"symlog", "linear"}, default "symlog"
+        ``symlog`` (linear within 10 KB, logarithmic beyond) keeps the many
+        small changes and the rare page-sized jumps both visible.
+    ax : matplotlib.axes.Axes, optional
+        The Axes to draw on; a new figure when None.
+    **kwargs
+        Passed to :meth:`~matplotlib.axes.Axes.boxplot`,
+        :meth:`~matplotlib.axes.Axes.violinplot` or :meth:`~matplotlib.axes.Axes.hist`
+        (by ``kind``), over leakyspanner's own styling.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on (with a "no data" note when there is nothing to draw).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kind`` or ``scale``, or ``max_endpoints`` below 1.
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
@@ -214,7 +275,8 @@ def plot_endpoint_deltas(sessions: Sessions, *, session_id: str | None = None, r
     if kind == "hist":
         edges = np.histogram_bin_edges(np.concatenate(values), bins=40).tolist()
         for i, (v, name) in enumerate(zip(values, names)):
-            ax.hist(v, bins=edges, histtype="step", lw=1.5, color=f"C{i % 10}", label=name)
+            ax.hist(v, **_style({"bins": edges, "histtype": "step", "lw": 1.5, "color": f"C{i % 10}", "label": name},
+                                kwargs))
         ax.set_yscale("log")
         ax.set(xlabel="RSS change per request (MB)", ylabel="requests")
         ax.axvline(0, color="0.5", lw=0.8)
@@ -222,10 +284,10 @@ def plot_endpoint_deltas(sessions: Sessions, *, session_id: str | None = None, r
         return ax
     positions = list(range(len(values), 0, -1))  # the most suspicious at the top
     if kind == "box":
-        ax.boxplot(values, positions=positions, widths=0.6, manage_ticks=False,
-                   flierprops={"markersize": 3, "alpha": 0.4}, **_HORIZONTAL)
+        ax.boxplot(values, positions=positions, manage_ticks=False, **_HORIZONTAL,
+                   **_style({"widths": 0.6, "flierprops": {"markersize": 3, "alpha": 0.4}}, kwargs))
     else:
-        _violins(ax, values, positions)
+        _violins(ax, values, positions, kwargs)
     ax.set_yticks(positions, names)
     ax.set_ylim(0.4, len(values) + 0.6)
     ax.axvline(0, color="0.5", lw=0.8)
@@ -234,13 +296,36 @@ def plot_endpoint_deltas(sessions: Sessions, *, session_id: str | None = None, r
 
 
 def plot_site_diff(sessions: Sessions, snapshot_a: int, snapshot_b: int, *, session_id: str | None = None,
-                   top: int = 15, ax: Axes | None = None) -> Axes:
+                   top: int = 15, ax: Axes | None = None, **kwargs: Any) -> Axes:
     """Horizontal bars of the allocation sites that grew most between two tracemalloc snapshots.
 
-    Snapshots are ``seq`` numbers, negative ones counting from the last
-    (``0, -1`` is first against last); each bar is labelled with the bytes
-    and blocks it gained. ``session_id=None`` takes the first session with
-    snapshots.
+    Each bar is labelled with the bytes and blocks it gained.
+
+    Parameters
+    ----------
+    sessions : Sessions
+        Loaded sessions (:func:`leakyspanner.analysis.load`).
+    snapshot_a, snapshot_b : int
+        Snapshot ``seq`` numbers; negative ones count from the last
+        (``0, -1`` is first against last).
+    session_id : str, optional
+        The session; None takes the first session with snapshots.
+    top : int, default 15
+        The sites that grew most, drawn.
+    ax : matplotlib.axes.Axes, optional
+        The Axes to draw on; a new figure when None.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.barh` (``color``, ``alpha``...),
+        over leakyspanner's own styling.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on (with a note when no snapshot or no site grew).
+
+    See Also
+    --------
+    leakyspanner.analysis.stats.site_diff : the same numbers as a DataFrame.
     """
     ax = _axes(ax, (9, 5))
     diff = stats.site_diff(sessions, snapshot_a, snapshot_b, session_id=session_id, top=None)
@@ -257,7 +342,7 @@ def plot_site_diff(sessions: Sessions, snapshot_a: int, snapshot_b: int, *, sess
     if grew.empty:
         return _no_data(ax, "no site grew between these snapshots")
     positions = np.arange(len(grew))[::-1]  # the largest growth at the top
-    bars = ax.barh(positions, grew["size_diff_bytes"] / _MB, color="C3")
+    bars = ax.barh(positions, grew["size_diff_bytes"] / _MB, **_style({"color": "C3"}, kwargs))
     ax.bar_label(bars, padding=3, fontsize="small",
                  labels=[f"{_bytes(b)}, {c:+,} blocks" for b, c in zip(grew["size_diff_bytes"], grew["count_diff"])])
     ax.set_yticks(positions, [_short_site(s) for s in grew["site"]])
@@ -268,14 +353,38 @@ def plot_site_diff(sessions: Sessions, snapshot_a: int, snapshot_b: int, *, sess
 
 def plot_session_comparison(sessions: Sessions, *, session_ids: str | Sequence[str] | None = None,
                             metric: str = "rss_bytes", labels: Mapping[str, str] | None = None,
-                            ax: Axes | None = None) -> Axes:
+                            ax: Axes | None = None, **kwargs: Any) -> Axes:
     """Memory growth of several sessions from their own baselines, on one elapsed-time axis.
 
     For before/after a fix, or worker against worker. Each session gets its
-    growth curve and a dashed Theil-Sen line fitted after warm-up (see
+    growth curve and a dashed line fitted after warm-up (see
     :func:`~leakyspanner.analysis.stats.session_growth`); the legend gives its
-    MB/hour. ``metric`` is ``"rss_bytes"`` (above the header's baseline),
-    ``"traced_bytes"`` or ``"vms_bytes"`` (above the first sample).
+    MB/hour.
+
+    Parameters
+    ----------
+    sessions : Sessions
+        Loaded sessions (:func:`leakyspanner.analysis.load`).
+    session_ids : str or sequence of str, optional
+        The sessions to draw; all of them by default.
+    metric : {"rss_bytes", "traced_bytes", "vms_bytes"}, default "rss_bytes"
+        RSS above the header's baseline, or traced memory or VMS above the first sample.
+    labels : mapping of str to str, optional
+        Legend names by session id.
+    ax : matplotlib.axes.Axes, optional
+        The Axes to draw on; a new figure when None.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.plot` for the growth curves
+        (``lw``, ``alpha``...), over leakyspanner's own styling.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on (with a "no data" note when there is nothing to draw).
+
+    See Also
+    --------
+    plot_rss_trend : absolute memory over time, with baselines and alerts.
     """
     ax = _axes(ax, (9, 4.5))
     ids = _session_ids(sessions, session_ids)
@@ -292,7 +401,8 @@ def plot_session_comparison(sessions: Sessions, *, session_ids: str | Sequence[s
         color, fit = f"C{i % 10}", growth.loc[sid]
         part = stats.downsample(part, _MAX_POINTS, y=column)
         rate = f"{fit['mb_per_hour']:+,.1f} MB/h" if np.isfinite(fit["mb_per_hour"]) else "rate n/a"
-        ax.plot(part["elapsed_s"], part[column] / _MB, color=color, label=f"{_label(sid, labels)}: {rate}")
+        ax.plot(part["elapsed_s"], part[column] / _MB,
+                **_style({"color": color, "label": f"{_label(sid, labels)}: {rate}"}, kwargs))
         if np.isfinite(fit["slope_bytes_per_s"]):
             xs = np.array([fit["fit_start_s"], part["elapsed_s"].max()])
             ax.plot(xs, (fit["intercept_bytes"] + fit["slope_bytes_per_s"] * xs) / _MB, color=color,

@@ -7,7 +7,10 @@ computation. Every function takes loaded :class:`~leakyspanner.analysis.Sessions
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +20,9 @@ if TYPE_CHECKING:
     from leakyspanner.analysis.load import Sessions
 
 __all__ = [
+    "TrendLine",
     "align_elapsed",
+    "bucket_medians",
     "downsample",
     "endpoint_comparison",
     "endpoint_label",
@@ -25,6 +30,8 @@ __all__ = [
     "session_growth",
     "site_diff",
     "smooth",
+    "theil_sen",
+    "trend_line",
 ]
 
 _HOUR_S = 3600.0
@@ -292,18 +299,87 @@ def align_elapsed(sessions: Sessions) -> pd.DataFrame:
     return out[_ALIGNED_COLUMNS].reset_index(drop=True)
 
 
-def _theil_sen(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept of the median pairwise slope, on at most ``_FIT_POINTS`` evenly picked points."""
-    if len(xs) > _FIT_POINTS:
-        pick = np.linspace(0, len(xs) - 1, _FIT_POINTS).round().astype(int)
-        xs, ys = xs[pick], ys[pick]
-    i, j = np.triu_indices(len(xs), k=1)
-    dx = xs[j] - xs[i]
-    ok = dx > 0
-    if not ok.any():
-        return np.nan, np.nan
-    slope = float(np.median((ys[j] - ys[i])[ok] / dx[ok]))
-    return slope, float(np.median(ys - slope * xs))
+@dataclass(frozen=True)
+class TrendLine:
+    """A Theil-Sen line through a memory series after warm-up: the one trend fit.
+
+    The report's RSS trend, the fix check, the dashboard and the plots'
+    MB/hour all come from :func:`trend_line`, so one series gives one number.
+    """
+
+    slope: float          # per unit of x (bytes per second for a time series)
+    intercept: float
+    low: float            # 90% band of the slope
+    high: float
+    late_slope: float     # the same fit over the later half of the points
+    confidence: float     # one-sided Kendall confidence that y rises with x, 0..1
+    fit_start: float      # x where the fit starts (after warm-up)
+    points: int           # points fitted (bucket medians for long series)
+
+    @property
+    def mb_per_hour(self) -> float:
+        return self.slope * _HOUR_S / _MB
+
+
+def theil_sen(x: np.ndarray, y: np.ndarray, alpha: float = 0.90, rising: bool = True
+              ) -> tuple[float, float, float, float, float]:
+    """Slope, intercept, ``alpha`` band and one-sided Kendall confidence of rising (scipy's).
+
+    NaN slope (confidence 0) with fewer than 3 points or an ``x`` that does not move;
+    ``rising=False`` skips the Kendall test (confidence 0) when only the slope is wanted.
+    """
+    from scipy import stats as sps  # analysis needs scipy; stats stays cheap to import
+
+    if len(x) < 3 or not np.ptp(x) > 0:
+        return math.nan, math.nan, math.nan, math.nan, 0.0
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # mostly equal values make the band's variance formula go negative: no band then
+        warnings.simplefilter("ignore", RuntimeWarning)
+        slope, intercept, low, high = sps.theilslopes(y, x, alpha=alpha)
+        pvalue = sps.kendalltau(x, y, alternative="greater").pvalue if rising else math.nan
+    if not (np.isfinite(low) and np.isfinite(high)):
+        low = high = slope
+    confidence = 1.0 - float(pvalue) if np.isfinite(pvalue) else 0.0
+    return float(slope), float(intercept), float(low), float(high), confidence
+
+
+def bucket_medians(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Medians of runs of consecutive points (at most ``max_points`` runs), so long series
+    stay cheap to fit and one spike does not dominate; short series come back unchanged."""
+    n = len(x)
+    if n <= max_points:
+        return x, y
+    size = -(-n // max_points)
+    pad = (-n) % size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the padded tail is NaN
+        xs = np.nanmedian(np.concatenate([np.asarray(x, float), np.full(pad, np.nan)]).reshape(-1, size), axis=1)
+        ys = np.nanmedian(np.concatenate([np.asarray(y, float), np.full(pad, np.nan)]).reshape(-1, size), axis=1)
+    return xs, ys
+
+
+def trend_line(x: np.ndarray, y: np.ndarray, warmup_fraction: float = 0.2,
+               max_points: int = _FIT_POINTS) -> TrendLine:
+    """The trend of ``y`` over ascending ``x`` after the first ``warmup_fraction`` of the span.
+
+    Points past warm-up are reduced to at most ``max_points`` bucket medians
+    (a 24-hour session at 5 s is 17k samples; pairwise slopes grow with the
+    square), then fitted by Theil-Sen with its 90% band. NaN fields when
+    fewer than 3 points remain.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    fit_start = float(x[0] + warmup_fraction * (x[-1] - x[0])) if len(x) else math.nan
+    keep = x >= fit_start
+    bx, by = bucket_medians(x[keep], y[keep], max_points)
+    slope, intercept, low, high, confidence = theil_sen(bx, by)
+    half = len(bx) // 2
+    late = theil_sen(bx[half:], by[half:], rising=False)[0] if len(bx) - half >= 3 else slope
+    return TrendLine(slope=slope, intercept=intercept, low=low, high=high,
+                     late_slope=late if math.isfinite(late) else slope, confidence=confidence,
+                     fit_start=fit_start, points=int(len(bx)))
 
 
 def session_growth(sessions: Sessions, metric: str = "rss_bytes", warmup_fraction: float = 0.2) -> pd.DataFrame:
@@ -312,11 +388,11 @@ def session_growth(sessions: Sessions, metric: str = "rss_bytes", warmup_fractio
     ``metric`` is ``"rss_bytes"`` (growth above the header's baseline),
     ``"traced_bytes"`` or ``"vms_bytes"`` (growth above the first sample).
     ``growth_bytes`` is the growth at the last sample; ``mb_per_hour`` (and
-    ``slope_bytes_per_s``, ``intercept_bytes``) come from a Theil-Sen line
-    (median of pairwise slopes, so one jump barely moves it) through growth
-    over elapsed time from ``fit_start_s`` on, which skips the first
-    ``warmup_fraction`` of the session (imports and caches filling up): NaN
-    with fewer than two samples there.
+    ``slope_bytes_per_s``, ``intercept_bytes``) come from :func:`trend_line`
+    (Theil-Sen, so one jump barely moves it; the same fit the verdict's RSS
+    trend uses) through growth over elapsed time from ``fit_start_s`` on,
+    which skips the first ``warmup_fraction`` of the session (imports and
+    caches filling up): NaN with fewer than three samples there.
     """
     if metric not in _GROWTH_METRICS:
         raise ValueError(f"metric must be one of {', '.join(_GROWTH_METRICS)}, got {metric!r}")
@@ -328,9 +404,8 @@ def session_growth(sessions: Sessions, metric: str = "rss_bytes", warmup_fractio
     for sid in sessions.session_ids:
         part = aligned[aligned["session_id"] == sid]
         xs, ys = part["elapsed_s"].to_numpy(), part["growth"].to_numpy()
-        fit_start = xs[0] + warmup_fraction * np.ptp(xs) if len(part) else np.nan
-        fitted = xs >= fit_start
-        slope, intercept = _theil_sen(xs[fitted], ys[fitted])
+        line = trend_line(xs, ys, warmup_fraction)
+        fit_start, slope, intercept = line.fit_start, line.slope, line.intercept
         rows.append({
             "session_id": sid,
             "samples": len(part),

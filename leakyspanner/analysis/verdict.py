@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,8 +18,15 @@ __all__ = [
     "GrowingSite",
     "LeakKind",
     "Trend",
+    "TrendStatus",
     "Verdict",
+    "VerdictStatus",
 ]
+
+#: How one memory metric moves after warm-up (``Trend.status``); a steady one is "flat".
+TrendStatus = Literal["leaking", "plateau", "sawtooth", "flat", "not enough data"]
+#: What a session's diagnosis concludes (``Verdict.status``); a steady session is "no leak".
+VerdictStatus = Literal["leaking", "possible leak", "plateau", "sawtooth", "no leak", "not enough data"]
 
 
 def _clean(value: Any) -> Any:
@@ -152,3 +159,6 @@ class FixCheck(_Dict):
     before_status: str
     after_status: str
     endpoints: list[dict[str, Any]]  # route, before/after retained_bytes_per_call
+    #: "FIXED" | "NOT FIXED" | "REGRESSION" | "NO CHANGE": the one label the terminal and
+    #: the dashboard print, so they cannot disagree
+    outcome: str = ""

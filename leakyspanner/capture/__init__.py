@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .config import CaptureConfig
 from .middleware import LeakyspannerMiddleware
-from .profiler import Profiler, leakyspanner
+from .profiler import CaptureStats, Profiler, leakyspanner
 
-__all__ = ["LeakyspannerMiddleware", "Profiler", "leakyspanner"]
+__all__ = ["CaptureConfig", "CaptureStats", "LeakyspannerMiddleware", "Profiler", "leakyspanner"]

@@ -77,9 +77,13 @@ typedef struct {
     uint32_t method;
 } sample_t;
 
+/* One frame of an interned stack: keyed by (code, addr) while `code` is held; file,
+   function and line are filled in when a stack is first read, or the code released. */
 typedef struct {
-    PyObject *filename;
+    PyObject *code;     /* strong; NULL once released (then the record is out of the index) */
+    PyObject *filename; /* strong; NULL until resolved */
     PyObject *name;
+    int addr;           /* byte offset of the instruction in co_code, -1 before the first */
     int lineno;
     uint32_t hash;
 } frame_rec_t;
@@ -121,7 +125,7 @@ static double g_live_est_bytes;
 static uint64_t g_samples_total, g_samples_dropped;
 
 static frame_rec_t *g_frames;
-static uint32_t g_nframes, g_frames_cap;
+static uint32_t g_nframes, g_frames_cap, g_pinned_codes;
 static id_index_t g_frame_index;
 static stack_rec_t **g_stacks;
 static uint32_t g_nstacks, g_stacks_cap;
@@ -244,12 +248,13 @@ mix64(uint64_t x)
 
 /* ---------------------------------------------------------------- frames and stacks */
 
-/* The id of (filename, name, lineno), interned with strong references; UINT32_MAX when full. */
+/* The id of (code object, instruction offset), interned with a strong reference to the
+   code (so its address is never reused while the record is keyed by it); UINT32_MAX
+   when full. The line is worked out only when a stack is read (resolve_frame). */
 static uint32_t
-intern_frame(PyObject *filename, PyObject *name, int lineno)
+intern_frame(PyObject *code, int addr)
 {
-    uint32_t hash = (uint32_t)mix64((uintptr_t)filename ^ ((uint64_t)(uintptr_t)name * FIB) ^
-                                    ((uint64_t)(uint32_t)lineno << 17));
+    uint32_t hash = (uint32_t)mix64((uintptr_t)code ^ ((uint64_t)(uint32_t)addr << 40));
     for (size_t j = hash & g_frame_index.mask;; j = (j + 1) & g_frame_index.mask) {
         uint64_t v = g_frame_index.slots[j];
         if (v == 0)
@@ -257,7 +262,7 @@ intern_frame(PyObject *filename, PyObject *name, int lineno)
         if ((uint32_t)(v >> 32) != hash)
             continue;
         frame_rec_t *f = &g_frames[(uint32_t)v - 1];
-        if (f->filename == filename && f->name == name && f->lineno == lineno)
+        if (f->code == code && f->addr == addr)
             return (uint32_t)v - 1;
     }
     if (g_nframes >= MAX_FRAME_RECORDS)
@@ -273,13 +278,34 @@ intern_frame(PyObject *filename, PyObject *name, int lineno)
     if (index_insert(&g_frame_index, hash, g_nframes) < 0)
         return UINT32_MAX;
     frame_rec_t *f = &g_frames[g_nframes];
-    Py_INCREF(filename);
-    Py_INCREF(name);
-    f->filename = filename;
-    f->name = name;
-    f->lineno = lineno;
+    Py_INCREF(code);
+    f->code = code;
+    f->filename = NULL;
+    f->name = NULL;
+    f->addr = addr;
+    f->lineno = 0;
     f->hash = hash;
+    g_pinned_codes++;
     return g_nframes++;
+}
+
+/* Fill in a record's file, function and line from its code object (once). Allocates
+   nothing and runs no Python code: PyCode_Addr2Line only reads the line table. */
+static void
+resolve_frame(frame_rec_t *f)
+{
+    if (f->filename != NULL)
+        return;
+    PyCodeObject *code = (PyCodeObject *)f->code;
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *name = code->co_qualname;
+#else
+    PyObject *name = code->co_name;
+#endif
+    int lineno = PyCode_Addr2Line(code, f->addr); /* addr < 0: the first line */
+    f->filename = Py_NewRef(code->co_filename);
+    f->name = Py_NewRef(name);
+    f->lineno = lineno < 0 ? 0 : lineno;
 }
 
 /* The id of a sequence of frame ids, innermost first; OVERFLOW_STACK when the table is full. */
@@ -329,39 +355,160 @@ dropped:
     return OVERFLOW_STACK;
 }
 
-/* The current thread's Python stack, innermost first, as an interned stack id.
-   Materializes frame objects (3.11+), so it runs with t_reentrant set. */
+/* How a sample finds its frames. Frame objects cost ~1k instructions each to make on
+   3.11+ (PyEval_GetFrame / PyFrame_GetBack materialize them), so where the interpreter's
+   own frame chain can be read we read it, exactly as CPython's tracemalloc does: no
+   allocation, no reference taken except the interned code's.
+   - 3.10: every Python frame is a PyFrameObject; tstate->frame and f_back link them.
+   - 3.11-3.13, built with the interpreter's internal headers: the _PyInterpreterFrame
+     chain (tstate->cframe->current_frame, tstate->current_frame on 3.13), skipping
+     frames that have not started (_PyFrame_IsIncomplete) and the C-stack shims (3.12+).
+   - otherwise the public API (frame objects), as before; -DLEAKYSPANNER_PUBLIC_FRAME_API
+     forces it, to test it. */
+#if PY_VERSION_HEX < 0x030B0000
+#define WALK_DIRECT 1
+#define WALK_NAME "frame objects (f_back)"
+#elif defined(__has_include) && !defined(LEAKYSPANNER_PUBLIC_FRAME_API)
+#if __has_include("internal/pycore_frame.h")
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#define WALK_DIRECT 1
+#define WALK_NAME "interpreter frames"
+#endif
+#endif
+#ifndef WALK_DIRECT
+#define WALK_DIRECT 0
+#define WALK_NAME "public frame API"
+#endif
+
+/* Interns one frame into ids[*n]; -1 when the frame table is full. */
+static inline int
+add_frame(uint32_t *ids, uint32_t *n, PyObject *code, int addr)
+{
+    uint32_t id = intern_frame(code, addr < 0 ? -1 : addr);
+    if (id == UINT32_MAX)
+        return -1;
+    ids[(*n)++] = id;
+    return 0;
+}
+
+/* The current thread's Python stack, innermost first, as an interned stack id. Runs
+   with t_reentrant set: the public-API walk allocates frame objects. */
 static uint32_t
 capture_stack(PyThreadState *tstate)
 {
     uint32_t ids[MAX_FRAMES_LIMIT];
-    uint32_t n = 0;
-    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
-    while (frame != NULL && n < (uint32_t)g_max_frames) {
-        PyCodeObject *code = PyFrame_GetCode(frame);
-        int lineno = PyFrame_GetLineNumber(frame);
-#if PY_VERSION_HEX >= 0x030B0000
-        PyObject *name = code->co_qualname;
+    uint32_t n = 0, max = (uint32_t)g_max_frames;
+#if PY_VERSION_HEX < 0x030B0000
+    for (PyFrameObject *f = tstate->frame; f != NULL && n < max; f = f->f_back) {
+        if (add_frame(ids, &n, (PyObject *)f->f_code, f->f_lasti * (int)sizeof(_Py_CODEUNIT)) < 0)
+            goto full;
+    }
+#elif WALK_DIRECT
+#if PY_VERSION_HEX >= 0x030D0000
+    _PyInterpreterFrame *f = tstate->current_frame;
 #else
-        PyObject *name = code->co_name;
+    _PyInterpreterFrame *f = tstate->cframe->current_frame;
 #endif
-        /* the frame keeps its code, and so both strings, alive until interned */
-        uint32_t id = intern_frame(code->co_filename, name, lineno < 0 ? 0 : lineno);
-        Py_DECREF(code);
-        if (id == UINT32_MAX) {
-            Py_DECREF(frame);
-            g_stacks_dropped++;
-            return OVERFLOW_STACK;
-        }
-        ids[n++] = id;
-        if (n == (uint32_t)g_max_frames)
-            break;
-        PyFrameObject *back = PyFrame_GetBack(frame);
+    for (; f != NULL && n < max; f = f->previous) {
+#if PY_VERSION_HEX >= 0x030C0000
+        if (f->owner == FRAME_OWNED_BY_CSTACK)
+            continue;
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *code = f->f_executable;
+        if (code == NULL || !PyCode_Check(code))
+            continue;
+#else
+        PyObject *code = (PyObject *)f->f_code;
+#endif
+        if (_PyFrame_IsIncomplete(f))
+            continue;
+        if (add_frame(ids, &n, code, _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT)) < 0)
+            goto full;
+    }
+#else
+    PyFrameObject *frame = PyThreadState_GetFrame(tstate);
+    while (frame != NULL && n < max) {
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        int rc = add_frame(ids, &n, (PyObject *)code, PyFrame_GetLasti(frame));
+        Py_DECREF(code); /* the record holds its own reference */
+        PyFrameObject *back = rc < 0 || n == max ? NULL : PyFrame_GetBack(frame);
         Py_DECREF(frame);
+        if (rc < 0)
+            goto full;
         frame = back;
     }
     Py_XDECREF(frame);
+#endif
     return intern_stack(ids, n);
+full:
+    g_stacks_dropped++;
+    return OVERFLOW_STACK;
+}
+
+/* Let go of code objects nobody else holds (code made by exec() per request would
+   otherwise stay alive until stop()): their records keep the resolved file, function
+   and line, and leave the index, so a new code object at the same address gets its own
+   record. Each record holds one reference, so a code object is ours alone when its
+   reference count equals the number of records holding it. Runs on the sampler's tick;
+   the decrefs come last, after the tables are consistent, because freeing a code
+   object can run a weakref callback that samples. */
+static void
+release_orphan_codes(void)
+{
+    if (g_pinned_codes == 0)
+        return;
+    /* records per code object, in an open-addressing table at most half full */
+    size_t cap = 16;
+    while (cap < (size_t)g_pinned_codes * 2)
+        cap *= 2;
+    struct code_count { PyObject *code; Py_ssize_t n; } *counts = calloc(cap, sizeof(*counts));
+    PyObject **dead = malloc(g_pinned_codes * sizeof(PyObject *));
+    if (counts == NULL || dead == NULL)
+        goto done;
+    for (uint32_t i = 0; i < g_nframes; i++) {
+        PyObject *code = g_frames[i].code;
+        if (code == NULL)
+            continue;
+        size_t j = (size_t)mix64((uintptr_t)code) & (cap - 1);
+        while (counts[j].code != NULL && counts[j].code != code)
+            j = (j + 1) & (cap - 1);
+        counts[j].code = code;
+        counts[j].n++;
+    }
+    uint32_t ndead = 0;
+    for (uint32_t i = 0; i < g_nframes; i++) {
+        frame_rec_t *f = &g_frames[i];
+        if (f->code == NULL)
+            continue;
+        size_t j = (size_t)mix64((uintptr_t)f->code) & (cap - 1);
+        while (counts[j].code != f->code)
+            j = (j + 1) & (cap - 1);
+        if (Py_REFCNT(f->code) != counts[j].n)
+            continue;
+        resolve_frame(f);
+        dead[ndead++] = f->code; /* one reference per record */
+        f->code = NULL;
+    }
+    if (ndead == 0)
+        goto done;
+    g_pinned_codes -= ndead;
+    /* rebuild the index from the records still keyed by their code */
+    memset(g_frame_index.slots, 0, (g_frame_index.mask + 1) * sizeof(uint64_t));
+    g_frame_index.count = 0;
+    for (uint32_t i = 0; i < g_nframes; i++) {
+        if (g_frames[i].code != NULL)
+            (void)index_insert(&g_frame_index, g_frames[i].hash, i); /* never grows: fewer than before */
+    }
+    free(counts);
+    counts = NULL;
+    for (uint32_t i = 0; i < ndead; i++)
+        Py_DECREF(dead[i]);
+done:
+    free(counts);
+    free(dead);
 }
 
 static int
@@ -378,7 +525,9 @@ stacks_init(void)
     g_nstacks = 0;
     g_stack_bytes = 0;
     g_stacks_dropped = 0;
-    /* id 0: where samples go once the stack table is full */
+    g_pinned_codes = 0;
+    /* id 0: where samples go once the stack table is full; a record with no code,
+       never in the index */
     PyObject *file = PyUnicode_InternFromString("<too many stacks>");
     PyObject *empty = PyUnicode_InternFromString("");
     if (file == NULL || empty == NULL) {
@@ -386,10 +535,16 @@ stacks_init(void)
         Py_XDECREF(empty);
         return -1;
     }
-    uint32_t id = intern_frame(file, empty, 0);
-    Py_DECREF(file);
-    Py_DECREF(empty);
-    if (id == UINT32_MAX || intern_stack(&id, 1) != OVERFLOW_STACK)
+    frame_rec_t *f = &g_frames[0];
+    f->code = NULL;
+    f->filename = file;
+    f->name = empty;
+    f->addr = -1;
+    f->lineno = 0;
+    f->hash = 0;
+    g_nframes = 1;
+    uint32_t id = 0;
+    if (intern_stack(&id, 1) != OVERFLOW_STACK)
         return -1;
     return 0;
 }
@@ -404,15 +559,17 @@ stacks_free(void)
     g_nstacks = g_stacks_cap = 0;
     g_stack_bytes = 0;
     index_free(&g_stack_index);
+    index_free(&g_frame_index);
     frame_rec_t *frames = g_frames;
     uint32_t nframes = g_nframes;
     g_frames = NULL;
     g_nframes = g_frames_cap = 0;
-    index_free(&g_frame_index);
-    /* last: a decref may free a string, which goes through our (now idle) free hook */
+    g_pinned_codes = 0;
+    /* last: a decref may free an object, which goes through our (now idle) free hook */
     for (uint32_t i = 0; i < nframes; i++) {
-        Py_DECREF(frames[i].filename);
-        Py_DECREF(frames[i].name);
+        Py_XDECREF(frames[i].code);
+        Py_XDECREF(frames[i].filename);
+        Py_XDECREF(frames[i].name);
     }
     free(frames);
 }
@@ -622,6 +779,46 @@ tag_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+/* RequestTag(scope, method_code) once per request: called positionally, skip the
+   argument tuple and the keyword parser (about 1k instructions of a tiny request). */
+static PyObject *
+tag_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs == 2 && PyDict_Check(args[0]) && PyLong_CheckExact(args[1]) &&
+        type == (PyObject *)&RequestTag_Type) {
+        long method_code = PyLong_AsLong(args[1]);
+        if (method_code >= 0 && method_code <= 255) {
+            RequestTagObject *self = PyObject_GC_New(RequestTagObject, &RequestTag_Type);
+            if (self == NULL)
+                return NULL;
+            self->scope = Py_NewRef(args[0]);
+            self->route_id = 0;
+            self->method_code = (int)method_code;
+            PyObject_GC_Track(self);
+            return (PyObject *)self;
+        }
+        PyErr_Clear(); /* out of range or too big: tag_new says so */
+    }
+    /* anything else: the general path, which checks and names what is wrong */
+    PyObject *tuple = PyTuple_New(nargs);
+    PyObject *kwargs = kwnames != NULL ? PyDict_New() : NULL;
+    PyObject *result = NULL;
+    if (tuple == NULL || (kwnames != NULL && kwargs == NULL))
+        goto done;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    for (Py_ssize_t i = 0; kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0)
+            goto done;
+    }
+    result = ((PyTypeObject *)type)->tp_new((PyTypeObject *)type, tuple, kwargs);
+done:
+    Py_XDECREF(tuple);
+    Py_XDECREF(kwargs);
+    return result;
+}
+
 static int
 tag_traverse(RequestTagObject *self, visitproc visit, void *arg)
 {
@@ -715,6 +912,7 @@ static PyTypeObject RequestTag_Type = {
     .tp_methods = tag_methods,
     .tp_getset = tag_getset,
     .tp_new = tag_new,
+    .tp_vectorcall = tag_vectorcall,
 };
 
 /* ---------------------------------------------------------------- the hooks */
@@ -1082,6 +1280,8 @@ groups_grow(group_t **groups, size_t *cap)
 static PyObject *
 heap_snapshot(PyObject *module, PyObject *unused)
 {
+    if (g_running)
+        release_orphan_codes();
     if (!g_running || g_live == 0)
         return PyList_New(0);
     size_t cap = 256, ngroups = 0;
@@ -1162,7 +1362,8 @@ found:;
     const stack_rec_t *s = g_stacks[id];
     uint32_t n = s->nframes;
     for (uint32_t i = 0; i < n; i++) {
-        const frame_rec_t *f = &g_frames[s->frame_ids[i]];
+        frame_rec_t *f = &g_frames[s->frame_ids[i]];
+        resolve_frame(f);
         files[i] = Py_NewRef(f->filename);
         names[i] = Py_NewRef(f->name);
         linenos[i] = f->lineno;
@@ -1202,14 +1403,15 @@ heap_stats(PyObject *module, PyObject *unused)
     int reached = reaches_us(0) && reaches_us(1);
     t_reentrant = 1; /* the engine's own output is not the app's heap */
     PyObject *result = Py_BuildValue(
-        "{sL sI sO sO sO sn sL sK sK sI sK sn sn}",
+        "{sL sI sO sO sO sn sL sK sK sI sK sn sn sI ss}",
         "sample_bytes", g_sample_bytes, "max_frames", (unsigned int)g_max_frames,
         "running", g_running ? Py_True : Py_False, "hooked", hooked ? Py_True : Py_False,
         "reached", reached ? Py_True : Py_False, "live_samples", (Py_ssize_t)g_live,
         "live_est_bytes", (long long)llround(g_live_est_bytes), "samples_total", (unsigned long long)g_samples_total,
         "samples_dropped", (unsigned long long)g_samples_dropped,
         "stacks", (unsigned int)(g_nstacks ? g_nstacks - 1 : 0), "stacks_dropped", (unsigned long long)g_stacks_dropped,
-        "engine_bytes", (Py_ssize_t)engine_bytes(), "max_samples", (Py_ssize_t)g_max_samples);
+        "engine_bytes", (Py_ssize_t)engine_bytes(), "max_samples", (Py_ssize_t)g_max_samples,
+        "pinned_codes", (unsigned int)g_pinned_codes, "frame_walk", WALK_NAME);
     t_reentrant = 0;
     return result;
 }

@@ -33,17 +33,18 @@ METHOD_CODES: dict[str, int] = {
 METHOD_NAMES: dict[int, str] = {0: "", **{code: name for name, code in METHOD_CODES.items()}}
 
 # Mean bytes between samples. benchmarks/bench_heap_alloc.py measures both sides of the
-# choice: an unsampled allocation and its free cost ~6-8 instructions each in the hooks, and a
-# sample ~25-35k instructions (stack capture at DEFAULT_MAX_FRAMES, frame objects made, interning).
-# At 512 KiB that is 0.07 instructions per allocated byte, ~4 for a 64-byte block, so sampling
-# stays below the cost of the hooks themselves; a smaller mean would pass it. The price is
+# choice: an unsampled allocation and its free cost ~6-10 instructions each in the hooks, and a
+# sample ~3.5k instructions (stack capture at DEFAULT_MAX_FRAMES read from the interpreter's
+# frames, interned; ~35k where the build falls back to the public frame API, see stats()["frame_walk"]).
+# At 512 KiB that is under 0.01 instructions per allocated byte, ~0.4 for a 64-byte block, far
+# below the cost of the hooks themselves. The price is
 # precision: a leak of L bytes of small objects is estimated with a relative standard error of
 # sqrt(512 KiB / L), 7% at 100 MB (unbiased: tests/capture/test_heap_engine.py checks ±10%).
 DEFAULT_SAMPLE_BYTES = 512 * 1024
 # Innermost frames first, so the endpoint is found below however deep the server's frames go:
 # under FastAPI an async endpoint's json.loads() sampled 4 frames in (of 36 in all), a sync
 # endpoint runs in a worker thread whose whole stack is ~5 frames; 32 leaves room for libraries
-# ~28 frames deep. Capture cost grows with depth: ~35k instructions at 32 new frames, ~4x at 128.
+# ~28 frames deep. Capture cost grows with depth: ~3.5k instructions at 32 frames, ~2-3x at 128.
 DEFAULT_MAX_FRAMES = 32
 DEFAULT_MAX_SAMPLES = 1 << 20
 

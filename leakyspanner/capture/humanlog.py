@@ -1,7 +1,10 @@
-"""Line formats of the human ``.log``, kept from leakyspanner 0.1.x for grep habits.
+"""Formats the lines of the human ``.log`` from the one table of its line formats, :data:`schema.LOG_LINES`.
 
-Every string that may come from outside (routes, methods, file names) goes
-through :func:`clean` first, so a ``%0A`` in a path can never start a new line.
+The formats are leakyspanner 0.1.x's, kept for grep habits; the reader
+(``analysis/legacy.py``) matches the same table. Every string that may come
+from outside (routes, methods, file names) goes through :func:`one_line`
+first, so a ``%0A`` in a path can never start a new line. Runs on the writer
+thread: plain ``str.format`` on prepared templates, nothing else.
 """
 
 from __future__ import annotations
@@ -10,11 +13,15 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..schema import LOG_LINES, LOG_RULE
+
 __all__ = [
     "alert_line",
     "clean",
     "endpoint_line",
+    "event_line",
     "header_lines",
+    "one_line",
     "sample_line",
     "summary_lines",
     "top_allocation_lines",
@@ -27,12 +34,32 @@ _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\x85"})
 
 
-def clean(text: object, limit: int = _MAX_FIELD) -> str:
-    """One printable line: control characters escaped, length capped."""
+def one_line(text: object, limit: int = _MAX_FIELD) -> str:
+    """``text`` as one line of the log: control characters escaped (a newline cannot start a line), length capped."""
     s = str(text)
     if len(s) > limit:
         s = s[:limit] + "…"
     return s.translate(_ESCAPES)
+
+
+# The old name, until the callers outside this module have moved to one_line.
+clean = one_line
+
+
+# kind -> (template, (value name, tail template), ...): looked up once per line on the writer thread.
+_TEMPLATES = {kind: (line.template, tuple(line.tails.items())) for kind, line in LOG_LINES.items()}
+
+
+def _format(kind: str, values: Mapping[str, Any] | None = None) -> str:
+    """The line of ``kind``: its template, then every tail whose value is given (not None)."""
+    template, tails = _TEMPLATES[kind]
+    if values is None:
+        return template
+    text = template.format_map(values)
+    for name, tail in tails:
+        if values.get(name) is not None:
+            text += tail.format_map(values)
+    return text
 
 
 def _clock(ts: float) -> str:
@@ -43,39 +70,35 @@ def header_lines(
     version: str, start_ts: float, platform: str, level: str, interval_s: float,
     threshold_mb: float, baseline_rss_bytes: int, jsonl_name: str,
 ) -> list[str]:
-    sep = "=" * 70
     return [
-        sep,
-        f"  LeakySpanner v{version}",
-        f"  started  : {time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(start_ts))}",
-        f"  platform : {clean(platform)}",
-        f"  level    : {level}  interval={interval_s}s  threshold={threshold_mb}MB",
-        f"  baseline : {baseline_rss_bytes / _MB:.2f} MB RSS",
-        f"  jsonl    : {clean(jsonl_name)}",
-        sep,
+        LOG_RULE,
+        _format("version", {"version": one_line(version, 40)}),
+        _format("started", {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start_ts))}),
+        _format("platform", {"platform": one_line(platform)}),
+        _format("level", {"level": level, "interval_s": interval_s, "threshold_mb": threshold_mb}),
+        _format("baseline", {"baseline_mb": baseline_rss_bytes / _MB}),
+        _format("jsonl", {"jsonl": one_line(jsonl_name)}),
+        LOG_RULE,
     ]
 
 
 def sample_line(ts: float, rss_bytes: int, vms_bytes: int, delta_bytes: int, gc_count: tuple[int, ...]) -> str:
-    delta = delta_bytes / _MB
-    return (
-        f"[{_clock(ts)}] RSS={rss_bytes / _MB:.1f}MB  VMS={vms_bytes / _MB:.1f}MB  "
-        f"delta={delta:+.1f}MB  GC={tuple(gc_count)}"
-    )
+    return _format("sample", {"clock": _clock(ts), "rss_mb": rss_bytes / _MB, "vms_mb": vms_bytes / _MB,
+                              "delta_mb": delta_bytes / _MB, "gc": tuple(gc_count)})
 
 
 def endpoint_line(ts: float, method: str, route: str, delta_bytes: int, status: int) -> str:
-    return (
-        f"  [{_clock(ts)}] ENDPOINT {clean(method, 16)} {clean(route)}  "
-        f"mem_delta={delta_bytes / _MB:+.2f}MB  status={int(status)}"
-    )
+    return _format("endpoint", {"clock": _clock(ts), "method": one_line(method, 16), "route": one_line(route),
+                                "delta_mb": delta_bytes / _MB, "status": int(status)})
 
 
 def alert_line(ts: float, growth_bytes: int, baseline_bytes: int, rss_bytes: int) -> str:
-    return (
-        f"⚠️ [{_clock(ts)}] MEMORY GROWTH ALERT: {growth_bytes / _MB:+.1f} MB above baseline "
-        f"(baseline={baseline_bytes / _MB:.1f} MB, current={rss_bytes / _MB:.1f} MB)"
-    )
+    return _format("alert", {"clock": _clock(ts), "growth_mb": growth_bytes / _MB,
+                             "baseline_mb": baseline_bytes / _MB, "rss_mb": rss_bytes / _MB})
+
+
+def event_line(event: object, detail: object) -> str:
+    return _format("event", {"event": one_line(event), "detail": one_line(detail)})
 
 
 def _size(n: float) -> str:
@@ -86,40 +109,45 @@ def _size(n: float) -> str:
 
 def top_allocation_lines(sites: Iterable[tuple[str, int, int, int]], limit: int = 5) -> list[str]:
     """``── top allocations ──`` block: (file, line, size_bytes, count) rows."""
-    lines = ["  ── top allocations ──"]
+    lines = [_format("allocations")]
     for i, (file, line, size, count) in enumerate(sites):
         if i >= limit:
             break
-        lines.append(f"    {_size(size)} × {count}  {clean(file, 300)}:{int(line)}")
+        lines.append(_format("allocation", {"size": _size(size), "count": count, "file": one_line(file, 300),
+                                            "line": int(line)}))
     return lines
 
 
+def _mb_or_na(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / _MB:+.2f}MB"
+
+
 def summary_lines(summary: Mapping[str, Any], platform: str) -> list[str]:
-    sep = "=" * 70
     lines = [
         "",
-        sep,
-        "  LEAKYSPANNER SESSION SUMMARY",
-        sep,
-        f"  Peak RSS    : {summary['peak_rss_bytes'] / _MB:.1f} MB",
-        f"  Final RSS   : {summary['final_rss_bytes'] / _MB:.1f} MB",
-        f"  Baseline RSS: {summary['baseline_rss_bytes'] / _MB:.1f} MB",
-        f"  Net growth  : {summary['net_growth_bytes'] / _MB:+.1f} MB",
-        f"  Samples     : {summary['samples']}",
-        f"  Requests    : {summary['requests_total']}  dropped={summary['requests_dropped']}"
-        f"  internal_errors={summary['internal_errors']}",
-        f"  Platform    : {clean(platform)}",
+        LOG_RULE,
+        _format("summary"),
+        LOG_RULE,
+        _format("peak_rss", {"mb": summary["peak_rss_bytes"] / _MB}),
+        _format("final_rss", {"mb": summary["final_rss_bytes"] / _MB}),
+        _format("baseline_rss", {"mb": summary["baseline_rss_bytes"] / _MB}),
+        _format("net_growth", {"mb": summary["net_growth_bytes"] / _MB}),
+        _format("samples", {"samples": summary["samples"]}),
+        _format("requests", {name: summary[name]
+                             for name in ("requests_total", "requests_dropped", "internal_errors")}),
+        _format("summary_platform", {"platform": one_line(platform)}),
         "",
-        "  ENDPOINT MEMORY DELTAS (sorted by avg):",
+        _format("endpoints"),
     ]
     for ep in summary["endpoints"]:
         avg, peak = ep["avg_delta_bytes"], ep["max_delta_bytes"]
-        deltas = ("avg=n/a  max=n/a" if avg is None or peak is None
-                  else f"avg={avg / _MB:+.2f}MB  max={peak / _MB:+.2f}MB")
+        if avg is None or peak is None:
+            avg = peak = None
         measured = ep.get("rss_measured", ep["calls"])
-        lines.append(
-            f"    {clean(ep['method'], 16):6} {clean(ep['route']):<40} calls={ep['calls']:4}  {deltas}"
-            + (f"  (RSS measured on {measured})" if measured < ep["calls"] else "")
-        )
-    lines += [sep, ""]
+        lines.append(_format("summary_endpoint", {
+            "method": one_line(ep["method"], 16), "route": one_line(ep["route"]), "calls": ep["calls"],
+            "avg": _mb_or_na(avg), "max": _mb_or_na(peak),
+            "measured": measured if measured < ep["calls"] else None,  # the tail only for sampled endpoints
+        }))
+    lines += [LOG_RULE, ""]
     return lines

@@ -10,8 +10,8 @@ Which requests are measured: a syscall costs more than everything else this
 middleware does (on the benchmark VM two /proc reads per request cost about
 13 µs each under load, a quarter of a tiny endpoint's CPU), so RSS is read
 for about one request per ``request_rss_interval_seconds`` (5 ms by default)
-at most. Each request is measured with the same probability, set per 0.1 s
-window from the request rate seen since the previous one opened, so the
+at most. Each request is measured with the same probability, set per window
+(0.1 s, or 64 requests if sooner) from the request rate seen since the previous one opened, so the
 measured ones are a uniform random sample: choosing "the first request after
 5 ms" instead would favour requests that follow slow ones. Below the target
 rate every request is measured. Only measured requests become request
@@ -19,11 +19,18 @@ records; counts, errors and durations stay exact for every request, on the
 endpoint counters. Traced memory is read for the same sample: under
 tracemalloc each ``get_traced_memory()`` call allocates a tuple and two ints,
 and every allocation there costs a traceback capture.
+
+Two implementations of the same request path, chosen once when the profiler
+is built (``request_path``: the header and ``stats()`` say which one runs):
+the C extension ``_reqpath`` where it is built, and the pure-Python
+``_Exchange`` below everywhere else. Under the C one a request costs about a
+third of the instructions (``python -m benchmarks.bench_instructions``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import random
 import tracemalloc
 from collections.abc import Awaitable
@@ -38,7 +45,29 @@ from .writer import REQUEST
 if TYPE_CHECKING:
     from .profiler import Profiler
 
-__all__ = ["LeakyspannerMiddleware"]
+__all__ = ["LeakyspannerMiddleware", "REQUEST_PATHS", "REQUEST_PATH_C_REASON", "resolve_request_path"]
+
+#: ``request_path`` values: ``auto`` takes the C extension where it is built
+REQUEST_PATHS = ("auto", "c", "python")
+_reqpath: Any = None
+#: why the C request path is not available here (None when it is)
+REQUEST_PATH_C_REASON: str | None = None
+try:
+    _reqpath = importlib.import_module("._reqpath", __package__)
+except ModuleNotFoundError:
+    REQUEST_PATH_C_REASON = "the C extension leakyspanner.capture._reqpath is not built (no C compiler when installed)"
+except ImportError as exc:  # the module refuses this interpreter and says why
+    REQUEST_PATH_C_REASON = str(exc)
+
+
+def resolve_request_path(choice: str) -> str:
+    """The implementation a ``request_path`` choice runs: ``"c"`` or ``"python"``; ValueError if it cannot."""
+    if choice not in REQUEST_PATHS:
+        raise ValueError(f"request_path must be one of {', '.join(map(repr, REQUEST_PATHS))}; got {choice!r}")
+    if choice == "c" and _reqpath is None:
+        raise ValueError(f"request_path='c' is not available here: {REQUEST_PATH_C_REASON}; "
+                         "use request_path='auto' (falls back to the Python path) or 'python'")
+    return "c" if choice != "python" and _reqpath is not None else "python"
 
 _get_traced = tracemalloc.get_traced_memory
 _random = random.random
@@ -49,6 +78,10 @@ _OTHER_METHOD = heap.METHOD_CODES["OTHER"]
 #: after it); the next window measures each request with probability
 #: target rate / the rate the last window saw, so an idle gap counts as slow traffic
 _WINDOW_S = 0.1
+#: ...or closed after this many requests: after an idle gap the first window measures every
+#: request, and a burst must not pay that (two /proc reads each) for a whole 0.1 s
+#: (tests/capture/test_reqpath.py: a burst of 500 measures at most 64)
+_WINDOW_MAX_REQUESTS = 64
 
 
 #: the loop of an app served by another async library (trio through anyio): no tasks to count
@@ -160,7 +193,16 @@ class _Exchange:
 
 
 class LeakyspannerMiddleware:
-    """Records one request record per HTTP request or websocket session."""
+    """Records one request record per HTTP request or websocket session.
+
+    Constructing one gives the implementation ``profiler.request_path`` names:
+    this class (pure Python) or its C-backed subclass.
+    """
+
+    def __new__(cls, app: ASGIApp, profiler: Profiler) -> LeakyspannerMiddleware:
+        if cls is LeakyspannerMiddleware and getattr(profiler, "request_path", "python") == "c":
+            cls = _CLeakyspannerMiddleware
+        return object.__new__(cls)
 
     def __init__(self, app: ASGIApp, profiler: Profiler) -> None:
         self.app = app
@@ -186,16 +228,9 @@ class LeakyspannerMiddleware:
             x.method = scope.get("method", "GET") if scope_type == "http" else "WS"
             x.status = 0
             x.done = False
-            if p._heap_tags and _RequestTag is not None:
-                # the sampled heap engine reads the route from this tag when it samples an allocation
-                x.tag = tag = _RequestTag(scope, _METHOD_CODES.get(x.method, _OTHER_METHOD))
-                token = TAG_VAR.set(tag)
-            else:
-                x.tag = None
-            p._inflight += 1
-            x.in0 = p._inflight
             x.t0 = t0 = perf_counter()
-            if t0 >= p._window_end:  # a new window: this probability keeps reads near the target rate
+            if t0 >= p._window_end or p._window_requests >= _WINDOW_MAX_REQUESTS:
+                # a new window: this probability keeps reads near the target rate
                 n = p._window_requests  # requests since the last window opened, (t0 - its start) ago
                 p._rss_p = min(1.0, (t0 - p._window_start) * p._rss_per_s / n) if n else 1.0
                 p._window_requests = 0
@@ -207,6 +242,18 @@ class LeakyspannerMiddleware:
                 x.tr0 = _get_traced()[0] if p._tracing else None
             else:
                 x.rss0 = x.tr0 = None
+            # last, so that a failure above leaves neither a tag set nor a request in flight
+            if p._heap_tags and _RequestTag is not None:
+                # the sampled heap engine reads the route from this tag when it samples an allocation
+                x.tag = tag = _RequestTag(scope, _METHOD_CODES.get(x.method, _OTHER_METHOD))
+                # restored with set(), never reset(): see _reqpath.c's note on a sampled
+                # allocation inside a context variable's deletion
+                prev_tag = TAG_VAR.get()
+                TAG_VAR.set(tag)
+            else:
+                x.tag = None
+            p._inflight += 1
+            x.in0 = p._inflight
         except Exception as exc:
             p._internal_error("request start", exc)
             await self.app(scope, receive, send)
@@ -222,10 +269,7 @@ class LeakyspannerMiddleware:
             raise
         finally:
             if x.tag is not None:
-                try:
-                    TAG_VAR.reset(token)
-                except Exception:  # the app switched contexts under us: the task's end drops it anyway
-                    pass
+                TAG_VAR.set(prev_tag)
         if not x.done:
             if x.status == 0 and scope_type == "websocket":
                 x.status = 1000
@@ -258,3 +302,39 @@ class LeakyspannerMiddleware:
             await send(message)
 
         await self.app(scope, receive_watching, send_watching)
+
+
+class _CLeakyspannerMiddleware(LeakyspannerMiddleware):
+    """The same middleware with the per-request bookkeeping in C (``_reqpath.c``).
+
+    ``enter`` does what the Python path does before the app runs and returns
+    the app's ``send`` (None: pass the request through unwatched); ``close``
+    and ``fail`` what it does after. This coroutine keeps only the frame an
+    empty middleware has, and the ``raise`` that hands the app's exception on
+    untouched.
+    """
+
+    def __init__(self, app: ASGIApp, profiler: Profiler) -> None:
+        super().__init__(app, profiler)
+        # no tag type where the sampled heap engine will never run (basic, tracemalloc): one lookup less
+        tag_type = _RequestTag if getattr(profiler, "heap_engine", "sampler") == "sampler" else None
+        #: the C request path; benchmarks pin its RSS-sampling window through it
+        self.request_path = _reqpath.RequestPath(
+            profiler, _running_loop, TAG_VAR, tag_type, _METHOD_CODES, _OTHER_METHOD, _get_traced,
+            tracemalloc.is_tracing, REQUEST)
+        self._enter = self.request_path.enter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        x = self._enter(scope, send)
+        if x is None:  # lifespan, another scope type, or capture off
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, x)
+        except BaseException:
+            x.fail()
+            raise
+        x.close()

@@ -87,9 +87,10 @@ class ProcessReader:
             except OSError:
                 pass
             self._statm_fd = None
-            self.read_rss_bytes = self._rss_psutil_or_zero
+            self.read_rss_bytes = self._rss_after_close
 
-    def _rss_psutil_or_zero(self) -> int:
+    def _rss_after_close(self) -> int:
+        """A reading after :meth:`close` (a request finishing during shutdown): 0, never an error."""
         return 0
 
 

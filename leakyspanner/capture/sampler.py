@@ -155,7 +155,7 @@ class Sampler:
         traced, traced_peak = tracemalloc.get_traced_memory() if tracing else (None, None)
         stats = gc.get_stats()
         try:
-            n_tasks, by_coro = count_tasks(p._loop)
+            n_tasks, by_coro = count_tasks(p._tasks_loop())
         except Exception:
             n_tasks, by_coro = None, {}
         record: dict[str, Any] = {
@@ -169,7 +169,7 @@ class Sampler:
             "tracing": tracing, "traced_bytes": traced, "traced_peak_bytes": traced_peak,
             "threads": reader.read_threads(), "open_fds": reader.read_open_fds(),
             "asyncio_tasks": n_tasks, "asyncio_tasks_by_coro": by_coro,
-            "inflight": p._inflight, "internal_errors": p.internal_errors,
+            "inflight": p._inflight_total(), "internal_errors": p.internal_errors,
             "cgroup_memory_bytes": cgroup_memory_bytes() if p.cgroup_limit_bytes else None,
             "heap_live_bytes": None,
         }
@@ -184,7 +184,7 @@ class Sampler:
         p._buffer.append((SAMPLE, record, _copy_counters(p._counters), human))
         if heap_record is not None:
             p._buffer.append((OBJECT, {"kind": "heap", "ts": round(now, 4), **heap_record}))
-        if p._routes_written and p._routes.named_count != p._routes_named:
+        if p._routes_stale():
             p._write_routes()
         self._alerts(now, rss)
         if p.level == "auto" and p.heap_engine == "tracemalloc":
@@ -202,17 +202,18 @@ class Sampler:
 
     def _alerts(self, now: float, rss: int) -> None:
         p = self._p
-        growth = rss - p.baseline_rss_bytes
+        baseline = p.alert_baseline_rss_bytes  # the process's, not this session's start: see profiler
+        growth = rss - baseline
         if growth > p.threshold_bytes and self._alert_armed:
             self._alert_armed = False
             p._buffer.append((OBJECT, {
                 "kind": "alert", "ts": round(now, 4), "alert": "memory_growth", "rss_bytes": rss,
-                "baseline_rss_bytes": p.baseline_rss_bytes, "growth_bytes": growth,
+                "baseline_rss_bytes": baseline, "growth_bytes": growth,
                 "threshold_bytes": p.threshold_bytes,
             }))
             logger.warning(
                 "MEMORY GROWTH ALERT: %+.1f MB above baseline (baseline=%.1f MB, current=%.1f MB)",
-                growth / 2**20, p.baseline_rss_bytes / 2**20, rss / 2**20,
+                growth / 2**20, baseline / 2**20, rss / 2**20,
             )
         elif growth < 0.9 * p.threshold_bytes:
             self._alert_armed = True  # re-armed: the next crossing alerts again

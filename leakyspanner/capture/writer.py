@@ -70,8 +70,11 @@ class RecordWriter:
         on_error: Callable[[str, BaseException], None],
         dropped: Callable[[], int],
         flush_s: float = 0.2,
+        reopen: Callable[[], tuple[IO[str], IO[str]] | None] | None = None,
     ) -> None:
         self._buffer = buffer
+        #: new files when ours were deleted (their directory removed): the session goes on there
+        self._reopen = reopen
         self._jsonl = jsonl
         self._log = log
         self._offset = perf_to_wall
@@ -139,6 +142,7 @@ class RecordWriter:
         if not self._draining.acquire(timeout=10):
             return
         try:
+            self._check_files()
             buffer = self._buffer
             out: list[str] = []
             log: list[str] = []
@@ -156,6 +160,19 @@ class RecordWriter:
             self.write_lines(out, log)
         finally:
             self._draining.release()
+
+    def _check_files(self) -> None:
+        """A deleted file takes writes without a word: one ``fstat`` per drain notices it."""
+        if self._reopen is None:
+            return
+        try:
+            if os.fstat(self._jsonl.fileno()).st_nlink > 0:
+                return
+        except (OSError, ValueError):  # closed, or not a real file
+            return
+        files = self._reopen()
+        if files is not None:
+            self._jsonl, self._log = files
 
     def _name(self, key: tuple[str, str]) -> str:
         """``"GET","/items/{item_id}"``: the JSON of a (method, route) key (bounded: one per counter)."""

@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..capture.humanlog import clean
-from ..schema import HEAP_SITE_FIELDS, LEVELS, SCHEMA_VERSION, SITE_FIELDS
+from ..schema import HEAP_SITE_FIELDS, LEVELS, LOG_LINES, SCHEMA_VERSION, SITE_FIELDS
+from .terminal import printable
 
 __all__ = ["add_arguments", "last_snapshot_sites", "run", "summary_block"]
 
-_SUMMARY_TITLE = "LEAKYSPANNER SESSION SUMMARY"
+_SUMMARY_TITLE = LOG_LINES["summary"].template.strip()
 _TOP_SITES = 5
 _MB = 1024 * 1024
 
@@ -102,15 +102,15 @@ def _print_sites(jsonl: Path) -> None:
         size = (site.get("size_bytes") or 0) / _MB
         where = f"{_short(str(site.get('file')))}:{site.get('line')}"
         if "route" in site:  # the sampled heap engine: live bytes per endpoint and line
-            endpoint = clean(f"{site.get('method') or ''} {site.get('route')}".strip())
+            endpoint = printable(f"{site.get('method') or ''} {site.get('route')}".strip())
             app = site.get("app_file")
             caused = (f"  caused by {_short(str(app))}:{site.get('app_line')}"
                       if app and (app, site.get("app_line")) != (site.get("file"), site.get("line")) else "")
-            print(f"    {size:8.2f} MB live  {endpoint:<28}  {clean(where)}{clean(caused)}")
+            print(f"    {size:8.2f} MB live  {endpoint:<28}  {printable(where)}{printable(caused)}")
         else:
             growth = (site.get("size_diff_bytes") or 0) / _MB
             print(f"    {size:8.2f} MB  {growth:+7.2f} MB since previous  "
-                  f"{site.get('count', 0):>7} blocks  {clean(where)}")
+                  f"{site.get('count', 0):>7} blocks  {printable(where)}")
 
 
 def _print_verdict(jsonl_files: Sequence[Path]) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..formatting import format_bytes
+from ..progress import progress
 from .terminal import escaped, printable
 
 if TYPE_CHECKING:
@@ -76,11 +78,7 @@ def _say(text: str, *, err: bool = False) -> None:
 
 
 def _size(n: float) -> str:
-    a = abs(n)
-    for unit, scale in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
-        if a >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
+    return format_bytes(n)
 
 
 def _load(paths: list[str], quiet: bool) -> Sessions:
@@ -163,13 +161,29 @@ def _print_gates(exceeded: list[str], passed: list[str], *, json_mode: bool, qui
             _say(f"Gate {line}", err=json_mode)
 
 
+def _after_verdict(verdict: Verdict, sessions: Sessions) -> str:
+    """The growing line with the lines around it (read from the project, never run) and what to do next."""
+    from ..ui.payloads import growing_line, next_steps
+
+    lines = []
+    source = growing_line(verdict, None)
+    if source is not None and source["status"] == "ok":
+        lines += ["", f"The growing line, {source['path']}:{source['line']}:"]
+        lines += [f"  {'>' if row['n'] == source['line'] else ' '} {row['n']:>5}  {row['text']}"
+                  for row in source["lines"]]
+    rows = sessions.sessions[sessions.sessions["session_id"] == verdict.session_id]
+    path = rows["path"].iloc[0] if len(rows) else None
+    lines += ["", "Next:"] + [f"  {step}" for step in next_steps(verdict, path if isinstance(path, str) else None)]
+    return "\n" + "\n".join(lines)
+
+
 # ------------------------------------------------------------------ compare
 
 def _compare_page(args: argparse.Namespace, before_id: str, after_id: str) -> str:
     """The saved report of both sessions, opening on their before/after comparison."""
     from ..analysis import load
     from ..ui.html import DATA_ID, render_report, script_json
-    from ..ui.server import compare_payload
+    from ..ui.payloads import compare_payload
 
     with warnings.catch_warnings():  # already reported when the sides were loaded
         warnings.simplefilter("ignore")
@@ -224,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
     ids = _pick(sessions, args.session, args.path)
     if args.compare:
         return _run_compare(args, sessions, ids, html)
-    verdicts = [diagnose(sessions, sid) for sid in ids]
+    verdicts = [diagnose(sessions, sid) for sid in progress(ids, "diagnosing", unit="sessions",
+                                                              enabled=False if args.quiet else None)]
     shown = [escaped(v) for v in verdicts]
     if args.json:
         print(json.dumps([v.to_dict() for v in verdicts], indent=2))  # ASCII: JSON escapes every control
@@ -232,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         for v in shown:
             _say(f"{v.session_id}: {v.status.upper()}: {v.headline}")
     else:
-        _say("\n\n".join(format_verdict(v) for v in shown))
+        _say("\n\n".join(format_verdict(v) + _after_verdict(raw, sessions) for raw, v in zip(verdicts, shown)))
     exceeded, passed = _gates(args, shown)
     _print_gates(exceeded, passed, json_mode=args.json, quiet=args.quiet)
     if html is not None:

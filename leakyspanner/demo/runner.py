@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .. import discovery
 from ..errors import LeakyspannerError
+from ..progress import ticking
 from ..schema import JSONL_SUFFIX, LEVELS, LOG_SUFFIX, STEM_PREFIX
 
 __all__ = ["DemoError", "DemoResult", "run_demo"]
@@ -45,9 +47,10 @@ def _free_port() -> int:
 
 
 def _session_files(log_dir: Path) -> dict[Path, float]:
+    """The sessions in ``log_dir`` itself (see :mod:`leakyspanner.discovery`) with their mtimes."""
     files: dict[Path, float] = {}
-    for suffix in (JSONL_SUFFIX, LOG_SUFFIX):
-        for path in log_dir.glob(f"{STEM_PREFIX}*{suffix}"):
+    for path in discovery.session_files(log_dir, depth=1):
+        if path.name.startswith(STEM_PREFIX):
             with contextlib.suppress(OSError):
                 files[path] = path.stat().st_mtime
     return files
@@ -159,7 +162,8 @@ def run_demo(
         try:
             _wait_healthy(proc, f"{url}/health", workers, output)
             say(f"leakyspanner demo: sending traffic for {seconds:g} s ...")
-            traffic = run_traffic(url, seconds)
+            with ticking(seconds, "traffic", enabled=False if quiet else None):
+                traffic = run_traffic(url, seconds)
             say(f"leakyspanner demo: {traffic['requests']} requests, {traffic['errors']} errors; stopping the server")
         finally:
             _stop(proc)

@@ -15,17 +15,20 @@ import hashlib
 import html
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from leakyspanner.analysis.load import Sessions
-from leakyspanner.ui.server import (
-    STATIC_DIR,
+from leakyspanner.formatting import units
+from leakyspanner.ui.payloads import (
     endpoint_distribution,
     session_detail,
     session_row,
     snapshot_diff,
     verdict_or_error,
 )
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 __all__ = ["DATA_ID", "render_report", "report_data", "script_json"]
 
@@ -44,13 +47,16 @@ def script_json(data: Any) -> str:
         ch in text for ch in _JSON_ESCAPES) else text
 
 
-def report_data(sessions: Sessions, session_ids: list[str]) -> dict[str, Any]:
-    """What the page needs offline: list rows, details, every endpoint's distribution, first→last diff."""
+def report_data(sessions: Sessions, session_ids: list[str], *, root: str | None = None) -> dict[str, Any]:
+    """What the page needs offline: list rows, details, every endpoint's distribution, first→last diff.
+
+    ``root`` is the project folder the growing line's preview may be read from (default: the working directory).
+    """
     data: dict[str, Any] = {"mode": "report", "generated_ts": time.time(), "sessions": [], "details": {},
-                            "endpoints": {}, "diffs": {}}
+                            "endpoints": {}, "diffs": {}, "units": units()}
     for sid in session_ids:
         verdict = verdict_or_error(sessions, sid)
-        detail = session_detail(sessions, sid, verdict)
+        detail = session_detail(sessions, sid, verdict, root=root)
         data["sessions"].append(session_row(sessions, sid, verdict))
         data["details"][sid] = {**detail, "follow": False, "version": None}
         data["endpoints"][sid] = {
@@ -78,13 +84,17 @@ def _static(name: str) -> str:
     return text
 
 
-def render_report(sessions: Sessions, session_id: str | None = None) -> str:
-    """The dashboard for one session (``session_id``, or every loaded session) as one HTML document."""
+def render_report(sessions: Sessions, session_id: str | None = None, *, root: str | None = None) -> str:
+    """The dashboard for one session (``session_id``, or every loaded session) as one HTML document.
+
+    ``root``: the project folder whose ``.py`` files the growing line's preview may quote (default: the
+    working directory).
+    """
     known = sessions.session_ids
     if session_id is not None and session_id not in known:
         raise ValueError(f"session_id must be one of the loaded sessions ({', '.join(known)}), got {session_id!r}")
     ids = [session_id] if session_id is not None else known
-    data = report_data(sessions, ids)
+    data = report_data(sessions, ids, root=root)
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     css, js = _static("app.css"), _static("app.js")
     if _STYLESHEET_TAG not in page or _SCRIPT_TAG not in page:

@@ -1,11 +1,8 @@
 """The dashboard server: a JSON API over loaded sessions, plus the static page.
 
-Every number comes from the analysis package (``diagnose``, ``compare``,
-``endpoint_table``, ``site_diff``, ``downsample``); this module only selects
-rows, reshapes frames into JSON and caches. The payload builders are
-module-level functions so :func:`leakyspanner.ui.html.render_report` embeds
-exactly what the API serves. Starlette is imported inside :func:`create_app`
-only, so the HTML report needs the ``analysis`` extra alone.
+The payloads come from :mod:`.payloads` (the saved HTML report embeds the
+same ones); this module finds session files, loads and caches them per file,
+and serves. Starlette is imported inside :func:`create_app` only.
 
 Security: the app serves only data loaded from PATH (session ids are looked
 up in the loaded set, never joined into paths), static files only from the
@@ -17,24 +14,32 @@ other hosts are allowed explicitly.
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from leakyspanner import errors, schema
-from leakyspanner.analysis.diagnose import compare, diagnose
+from leakyspanner import discovery, errors, schema
 from leakyspanner.analysis.load import Sessions, load
-from leakyspanner.analysis.stats import downsample, endpoint_table, site_diff
+from leakyspanner.analysis.stats import endpoint_table
 from leakyspanner.analysis.verdict import Verdict
+from leakyspanner.formatting import units
+from leakyspanner.ui.payloads import (
+    MAX_POINTS,
+    compare_payload,
+    endpoint_distribution,
+    session_detail,
+    session_row,
+    snapshot_diff,
+    verdict_or_error,
+)
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -50,267 +55,19 @@ __all__ = [
     "MAX_POINTS",
     "STATIC_DIR",
     "SecurityHeadersMiddleware",
-    "compare_payload",
     "create_app",
-    "endpoint_distribution",
-    "session_detail",
-    "session_row",
-    "snapshot_diff",
-    "verdict_or_error",
 ]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-#: Most points a trend series carries to the browser.
-MAX_POINTS = 2000
 #: Host names the dashboard answers to unless told otherwise.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_HISTOGRAM_BINS = 30
-_SITE_ROWS = 20
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
                  ".ico": "image/x-icon"}
-_MB = 1024 * 1024
-_TREND_COLUMNS = ("rss_bytes", "traced_bytes")
-_RESOURCE_COLUMNS = ("asyncio_tasks", "open_fds", "threads")
-_ATTRIBUTION = ("retained_bytes_per_call", "low_bytes_per_call", "high_bytes_per_call",
-                "share_of_growth", "significant")
-
-
-# ------------------------------------------------------------ JSON from frames
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready scalar: NA and NaN become None, numpy scalars Python ones."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.timestamp()
-    return value
-
-
-def _column(series: pd.Series) -> list[Any]:
-    return [_plain(v) for v in series.tolist()]
-
-
-def _records(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    names = [c for c in (columns or frame.columns) if c in frame.columns]
-    lists = {name: _column(frame[name]) for name in names}
-    return [dict(zip(names, row)) for row in zip(*lists.values())] if names else []
-
-
-#: Table headers for the analysis columns the page shows; others get their name with spaces.
-_LABELS = {
-    "avg_delta_bytes": "avg Δ RSS", "p50_delta_bytes": "p50 Δ RSS", "p95_delta_bytes": "p95 Δ RSS",
-    "max_delta_bytes": "max Δ RSS", "avg_duration_s": "avg duration", "p95_duration_s": "p95 duration",
-    "retained_bytes_per_call": "retained / call", "low_bytes_per_call": "retained / call, 90% low",
-    "high_bytes_per_call": "retained / call, 90% high", "share_of_growth": "share of growth",
-    "significant": "leaks?", "errors": "errors (5xx)", "rss_measured": "RSS measured", "size_a": "size A", "size_b": "size B",
-    "size_diff_bytes": "growth A→B", "count_a": "blocks A", "count_b": "blocks B", "count_diff": "+ blocks",
-}
-#: Columns whose unit their name does not spell.
-_UNITS = {"size_a": "bytes", "size_b": "bytes"}
-
-
-def _unit(name: str, series: pd.Series) -> str:
-    """How the page formats a column, read from its name (units live in names) and type."""
-    if name in _UNITS:
-        return _UNITS[name]
-    if pd.api.types.is_bool_dtype(series):
-        return "bool"
-    if not pd.api.types.is_numeric_dtype(series):
-        return "text"
-    if "_bytes" in name:
-        return "bytes"
-    if name.endswith("_s"):
-        return "seconds"
-    if name.startswith("share") or name.endswith("fraction"):
-        return "ratio"
-    return "number"
-
-
-def _table(frame: pd.DataFrame, hidden: Iterable[str] = ()) -> dict[str, Any]:
-    """``{"columns": [{key, label, unit}], "rows": [...]}`` for a sortable table.
-
-    ``hidden`` columns stay in the rows (the page uses them as keys) but get no table column.
-    """
-    rows = [c for c in frame.columns if c != "session_id"]
-    shown = [c for c in rows if c not in set(hidden)]
-    columns = [{"key": c, "label": _LABELS.get(c, c.replace("_", " ")), "unit": _unit(c, frame[c])} for c in shown]
-    return {"columns": columns, "rows": _records(frame, rows)}
-
-
-def _series(frame: pd.DataFrame, names: Sequence[str], x: str = "elapsed_s") -> dict[str, list[Any]]:
-    return {"x": _column(frame[x]), **{n: _column(frame[n]) for n in names if n in frame.columns}}
-
-
-def _of(frame: pd.DataFrame, session_id: str) -> pd.DataFrame:
-    return frame[(frame["session_id"] == session_id).to_numpy()]
-
-
-# ----------------------------------------------------------------- payloads
-
-def verdict_or_error(sessions: Sessions, session_id: str) -> Verdict | Exception:
-    """:func:`diagnose` of one session, or the exception it raised (shown in place of a verdict)."""
-    try:
-        return diagnose(sessions, session_id=session_id)
-    except Exception as exc:  # one session the analysis cannot read must not hide the others
-        return exc
-
-
-def _verdict_summary(verdict: Verdict | BaseException) -> dict[str, Any]:
-    if isinstance(verdict, BaseException):
-        return {"status": "error", "headline": f"no verdict: {type(verdict).__name__}: {verdict}",
-                "leaking": None}
-    return {"status": verdict.status, "headline": verdict.headline, "leaking": verdict.leaking}
-
-
-def session_row(sessions: Sessions, session_id: str, verdict: Verdict | BaseException) -> dict[str, Any]:
-    """One line of the sessions list: who, when, how long, how big, and the verdict."""
-    row = _records(_of(sessions.sessions, session_id))[0]
-    keep = ("session_id", "path", "host", "pid", "level", "start_ts", "end_ts", "duration_s", "complete",
-            "baseline_rss_bytes", "peak_rss_bytes", "final_rss_bytes", "net_growth_bytes",
-            "requests_total", "requests_dropped", "internal_errors", "python", "platform",
-            "interval_seconds", "leak_threshold_mb", "cgroup_memory_limit_bytes", "format")
-    out = {name: row.get(name) for name in keep}
-    out["samples"] = int((sessions.samples["session_id"] == session_id).sum())
-    return {**out, **_verdict_summary(verdict)}
-
-
-def _threshold_bytes(session: dict[str, Any], alerts: pd.DataFrame) -> int | None:
-    """The alert threshold above baseline as the session's alerts state it, else from its config."""
-    if len(alerts) and pd.notna(alerts["threshold_bytes"].iloc[-1]):
-        return int(alerts["threshold_bytes"].iloc[-1])
-    limit = session.get("leak_threshold_mb")
-    return int(limit * _MB) if isinstance(limit, (int, float)) else None
-
-
-def _endpoints(sessions: Sessions, session_id: str, verdict: Verdict | BaseException) -> dict[str, Any]:
-    """The endpoint table of :func:`endpoint_table`, joined with the verdict's attribution per call."""
-    table = endpoint_table(sessions, session_id=session_id).reset_index(drop=True)
-    attributed = {} if isinstance(verdict, BaseException) else {
-        (e.method, e.route): e for e in verdict.endpoints}
-    for name in _ATTRIBUTION:
-        values = []
-        for method, route in zip(table["method"].astype(str), table["route"].astype(str)):
-            found = attributed.get((method, route))
-            values.append(getattr(found, name) if found is not None else None)
-        dtype = "boolean" if name == "significant" else "Float64"
-        table[name] = pd.array(values, dtype=dtype)
-    return _table(table, hidden=("method", "route"))
-
-
-def session_detail(sessions: Sessions, session_id: str, verdict: Verdict | BaseException) -> dict[str, Any]:
-    """Everything the session page draws: trends, alerts, endpoints, resources, snapshots, verdict."""
-    session = session_row(sessions, session_id, verdict)
-    samples = _of(sessions.samples, session_id)
-    alerts = _of(sessions.alerts, session_id)
-    trend = downsample(samples[["elapsed_s", *_TREND_COLUMNS]], MAX_POINTS)
-    resources = downsample(samples[["elapsed_s", *_RESOURCE_COLUMNS]], MAX_POINTS)
-    tasks = _of(sessions.tasks, session_id)
-    if len(tasks):  # coroutines with unfinished tasks at the last sample, most first
-        tasks = tasks[tasks["ts"] == tasks["ts"].max()].sort_values("tasks", ascending=False)
-    snapshots = _of(sessions.snapshots, session_id)
-    return {
-        "session": session,
-        "baseline_rss_bytes": session["baseline_rss_bytes"],
-        "threshold_bytes": _threshold_bytes(session, alerts),
-        "trend": _series(trend, _TREND_COLUMNS),
-        "alerts": _records(alerts, ("elapsed_s", "ts", "alert", "rss_bytes", "baseline_rss_bytes",
-                                    "growth_bytes", "threshold_bytes")),
-        "events": _records(_of(sessions.events, session_id), ("elapsed_s", "ts", "event", "detail")),
-        "endpoints": _endpoints(sessions, session_id, verdict),
-        "resources": _series(resources, _RESOURCE_COLUMNS),
-        "tasks_by_coro": _records(tasks, ("coro", "tasks")),
-        "snapshots": _records(snapshots, ("seq", "elapsed_s", "ts", "traced_bytes", "blocks", "sites_total")),
-        "verdict": None if isinstance(verdict, BaseException) else verdict.to_dict(),
-    }
-
-
-def _histogram(values: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[str, Any]:
-    """Counts in equal bins between the 1st and 99th percentile, the tails counted apart.
-
-    Deltas are heavy-tailed: bins spanning min..max would put nearly every call
-    into one bar. RSS moves in whole pages, so bin widths are multiples of the
-    values' common divisor (4096 for page-sized deltas) and every bin is exact.
-    """
-    if not values.size:
-        return {"count": 0, "bins": [], "below": 0, "above": 0, "min": None, "max": None, "zero": 0}
-    low, high = (int(v) for v in np.percentile(values, [1, 99], method="inverted_cdf"))
-    if low == high:
-        low, high = int(values.min()), int(values.max())
-    quantum = max(1, min(int(np.gcd.reduce(values)), 1 << 20)) if values.any() else 1
-    width = max(quantum, -(-(high - low) // (bins * quantum)) * quantum)
-    start = (low // quantum) * quantum
-    edges = start + width * np.arange(max(1, -(-(high + 1 - start) // width)) + 1, dtype=np.int64)
-    inside = values[(values >= edges[0]) & (values < edges[-1])]
-    counts = np.bincount((inside - edges[0]) // width, minlength=edges.size - 1)
-    return {
-        "count": int(values.size), "below": int((values < edges[0]).sum()),
-        "above": int((values >= edges[-1]).sum()), "zero": int((values == 0).sum()),
-        "min": _plain(values.min()), "max": _plain(values.max()),
-        "bins": [{"lo": _plain(edges[i]), "hi": _plain(edges[i + 1]), "count": int(c)}
-                 for i, c in enumerate(counts)],
-    }
-
-
-def endpoint_distribution(sessions: Sessions, session_id: str, method: str, route: str,
-                          verdict: Verdict | BaseException | None = None) -> dict[str, Any] | None:
-    """Per-request delta histograms of one endpoint with its table row; None for an unknown endpoint."""
-    requests = sessions.requests
-    keep = ((requests["session_id"] == session_id) & (requests["method"] == method)
-            & (requests["route"] == route)).to_numpy()
-    chosen = requests[keep]
-    table = endpoint_table(sessions, session_id=session_id)
-    row = table[(table["method"].astype(str) == method) & (table["route"].astype(str) == route)]
-    if not len(chosen) and not len(row):
-        return None
-    metrics = {}
-    for name in ("rss_delta_bytes", "traced_delta_bytes"):
-        values = chosen[name].dropna().to_numpy(dtype=np.int64)
-        if values.size or name == "rss_delta_bytes":
-            metrics[name] = _histogram(values)
-    attribution = None
-    if verdict is not None and not isinstance(verdict, BaseException):
-        attribution = next((e.to_dict() for e in verdict.endpoints
-                            if e.method == method and e.route == route), None)
-    return {"session_id": session_id, "method": method, "route": route,
-            "row": (_records(row.drop(columns=["session_id"], errors="ignore")) or [None])[0],
-            "attribution": attribution, "metrics": metrics}
-
-
-def snapshot_diff(sessions: Sessions, session_id: str, a: int, b: int) -> dict[str, Any] | None:
-    """:func:`site_diff` between snapshots ``a`` and ``b``; None when either is not in the session."""
-    seqs = set(_of(sessions.snapshots, session_id)["seq"].dropna().astype(int))
-    if a not in seqs or b not in seqs:
-        return None
-    try:
-        diff = site_diff(sessions, a, b, session_id=session_id, top=_SITE_ROWS)
-    except ValueError:  # a snapshot that listed no sites
-        return None
-    return {"session_id": session_id, "a": a, "b": b, **_table(diff, hidden=("file", "line"))}
-
-
-def _rss_trend(sessions: Sessions, session_id: str) -> dict[str, list[Any]]:
-    samples = _of(sessions.samples, session_id)
-    return _series(downsample(samples[["elapsed_s", *_TREND_COLUMNS]], MAX_POINTS), _TREND_COLUMNS)
-
-
-def compare_payload(before: Sessions, before_id: str, after: Sessions, after_id: str) -> dict[str, Any]:
-    """The :func:`compare` FixCheck of two sessions with both RSS trends."""
-    check = compare(before, after, before_id=before_id, after_id=after_id)
-    sides = {}
-    for name, sessions, sid in (("before", before, before_id), ("after", after, after_id)):
-        row = _records(_of(sessions.sessions, sid), ("session_id", "host", "pid", "start_ts", "duration_s",
-                                                   "baseline_rss_bytes", "peak_rss_bytes"))[0]
-        sides[name] = {"session": row, "trend": _rss_trend(sessions, sid)}
-    return {"fixcheck": check.to_dict(), **sides}
 
 
 # -------------------------------------------------------------------- cache
@@ -327,25 +84,19 @@ def _stat_key(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _inside(path: Path, base: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(base)
-    except (OSError, RuntimeError):  # a symlink loop
-        return False
-
-
 def _session_files(root: Path) -> tuple[list[Path], list[Path]]:
-    """Session files under ``root`` as ``load`` finds them (two levels deep, .log only without a
-    .jsonl), and those left out because a symlink leads outside ``root``."""
+    """Session files under ``root`` as ``load`` finds them (:mod:`leakyspanner.discovery`), and
+    those left out because a symlink leads outside ``root``."""
     if root.is_file():
         return [root], []
-    suffixes = (schema.JSONL_SUFFIX, schema.LOG_SUFFIX)
-    found = sorted(p for p in [*root.glob("*"), *root.glob("*/*")] if p.suffix in suffixes and p.is_file())
+    found = discovery.session_files(root)
     base = root.resolve()
-    outside = [p for p in found if not _inside(p, base)]
-    found = [p for p in found if p not in outside]
-    stems = {(p.parent, p.stem) for p in found if p.suffix == schema.JSONL_SUFFIX}
-    return [p for p in found if p.suffix == schema.JSONL_SUFFIX or (p.parent, p.stem) not in stems], outside
+    outside = [p for p in found if not discovery.inside(p, base)]
+    return discovery.preferred(p for p in found if p not in outside), outside
+
+
+def _of(frame: pd.DataFrame, session_id: str) -> pd.DataFrame:
+    return frame[(frame["session_id"] == session_id).to_numpy()]
 
 
 def _renamed(sessions: Sessions, old: str, new: str) -> Sessions:
@@ -412,9 +163,12 @@ class Dashboard:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, follow: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 project_root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(path)
         self.follow = follow
+        # The folder whose .py files the growing line's preview may quote: fixed at start.
+        self.project_root = os.fspath(project_root) if project_root is not None else os.getcwd()
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[Path, _Entry] = {}
@@ -581,11 +335,14 @@ class Dashboard:
             entry = self._fresh(entry)
             if sid not in entry.ids.values():
                 continue
-            row = self._derived(entry, ("row", sid), lambda e=entry, s=sid: session_row(
-                e.sessions, s, self._verdict(e, s)))
+            row = self._derived(entry, ("row", sid), functools.partial(self._row, entry, sid))
             rows.append({**row, "version": entry.version})
         rows.sort(key=lambda r: (r.get("start_ts") or 0, r["session_id"]), reverse=True)
-        return {"root": str(self.root), "follow": self.follow, "problems": self.problems, "sessions": rows}
+        return {"root": str(self.root), "follow": self.follow, "problems": self.problems, "sessions": rows,
+                "units": units()}
+
+    def _row(self, entry: _Entry, session_id: str) -> dict[str, Any]:
+        return session_row(entry.sessions, session_id, self._verdict(entry, session_id))
 
     def version(self, session_id: str) -> str | None:
         """Changes whenever the session's file was reloaded; None for an unknown id."""
@@ -598,7 +355,7 @@ class Dashboard:
         if entry is None:
             return None
         payload = self._derived(entry, ("detail", session_id), lambda: session_detail(
-            entry.sessions, session_id, self._verdict(entry, session_id)))
+            entry.sessions, session_id, self._verdict(entry, session_id), root=self.project_root))
         return {**payload, "version": entry.version, "follow": self.follow}
 
     def endpoint(self, session_id: str, method: str, route: str) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,24 +19,14 @@ START_TS = 1_700_000_000.0
 def blank(kind: str, **values: Any) -> dict[str, Any]:
     """A record of ``kind`` with every schema field present and neutral, then ``values`` on top."""
     record: dict[str, Any] = {}
-    for name, description in schema.FIELDS[kind].items():
-        head = description.split(",", 1)[0].strip()
-        if m := re.fullmatch(r"list\[int\] of (\d+)", head):
-            record[name] = [0] * int(m.group(1))
-        elif head.startswith("int|null"):
-            record[name] = None
-        elif head.startswith("int"):
-            record[name] = 0
-        elif head.startswith("float"):
-            record[name] = 0.0
-        elif head.startswith("bool"):
-            record[name] = False
-        elif head.startswith("object"):
+    neutral = {"int": 0, "float": 0.0, "bool": False, "str": ""}
+    for name, f in schema.FIELDS[kind].items():
+        if f.type == "list":
+            record[name] = [0] * f.length if f.length is not None else []
+        elif f.type == "object":
             record[name] = {}
-        elif head.startswith("list"):
-            record[name] = []
         else:
-            record[name] = ""
+            record[name] = None if f.null and f.type == "int" else neutral[f.type]
     record["kind"] = kind
     record.update(values)
     return record

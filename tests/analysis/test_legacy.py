@@ -388,3 +388,95 @@ def test_an_unreadable_summary_endpoint_line_is_reported_not_dropped(tmp_path):
     with pytest.warns(LoadWarning, match="unrecognised summary line"):
         loaded = load(path)
     assert len(loaded.endpoints) == 0 and bool(loaded.sessions["complete"].iloc[0])
+
+
+# ------------------------------------------------------------------ round trip through the one table
+
+def _written_by_today(tmp_path: Path, endpoints: list[dict], route: str = "/items/{item_id}") -> Path:
+    """A log with every line kind of ``schema.LOG_LINES``, each written by capture's humanlog."""
+    from leakyspanner.capture import humanlog
+
+    start = datetime(2024, 3, 1, 12, 0, 0).timestamp()
+    lines = humanlog.header_lines("0.2.0", start, "Linux CPython 3.11.7", "deep", 2.5, 40.0, 100 * MB,
+                                  "leakyspanner_20240301_120000.jsonl")
+    lines.append(humanlog.sample_line(start + 5, 101 * MB, 300 * MB, MB, (7, 8, 9)))
+    lines += humanlog.top_allocation_lines([("C:/app/big.py", 7, 3 * MB, 4), ("/app/small.py", 9, 2048, 1)])
+    lines.append(humanlog.endpoint_line(start + 6, "GET", route, -2 * MB, 503))
+    lines.append(humanlog.alert_line(start + 7, 61 * MB, 100 * MB, 161 * MB))
+    lines.append(humanlog.event_line("tracing_started", "level=deep: 1 frame"))
+    lines += humanlog.summary_lines({
+        "peak_rss_bytes": 161 * MB, "final_rss_bytes": 150 * MB, "baseline_rss_bytes": 100 * MB,
+        "net_growth_bytes": 50 * MB, "samples": 1, "requests_total": 905, "requests_dropped": 2,
+        "internal_errors": 3, "endpoints": endpoints}, "Linux CPython 3.11.7")
+    path = tmp_path / "leakyspanner_20240301_120000.log"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+_SAMPLED_AND_NOT = [
+    {"method": "GET", "route": "/hot", "calls": 800, "rss_measured": 40, "avg_delta_bytes": MB // 4,
+     "max_delta_bytes": MB},
+    {"method": "POST", "route": "/never measured", "calls": 100, "rss_measured": 0, "avg_delta_bytes": None,
+     "max_delta_bytes": None},
+    {"method": "DELETE", "route": "/all", "calls": 5, "avg_delta_bytes": -MB // 2, "max_delta_bytes": 0},
+]
+
+
+def test_every_line_kind_written_today_is_read_back_with_its_values(tmp_path):
+    loaded = quiet_load(_written_by_today(tmp_path, _SAMPLED_AND_NOT))  # no line skipped: quiet_load would raise
+    start = datetime(2024, 3, 1, 12, 0, 0).timestamp()
+    row = loaded.sessions.iloc[0]
+    assert (row["leakyspanner_version"], row["level"], row["python"]) == ("0.2.0", "deep", "3.11.7")
+    assert (row["interval_seconds"], row["leak_threshold_mb"], row["start_ts"]) == (2.5, 40.0, start)
+    assert (row["peak_rss_bytes"], row["final_rss_bytes"], row["baseline_rss_bytes"]) == (161 * MB, 150 * MB, 100 * MB)
+    assert (row["net_growth_bytes"], row["requests_total"], row["requests_dropped"]) == (50 * MB, 905, 2)
+    assert row["internal_errors"] == 3 and bool(row["complete"])
+    sample = loaded.samples.iloc[0]
+    assert (sample["ts"], sample["rss_bytes"], sample["vms_bytes"]) == (start + 5, 101 * MB, 300 * MB)
+    assert (sample["rss_delta_bytes"], sample["gc_count_0"], sample["gc_count_2"]) == (MB, 7, 9)
+    assert loaded.sites[["file", "line", "size_bytes", "count"]].values.tolist() == [
+        ["C:/app/big.py", 7, 3 * MB, 4], ["/app/small.py", 9, 2048, 1]]
+    request = loaded.requests.iloc[0]
+    assert (request["ts"], request["method"], request["route"]) == (start + 6, "GET", "/items/{item_id}")
+    assert (request["status"], request["rss_delta_bytes"]) == (503, -2 * MB)
+    alert = loaded.alerts.iloc[0]
+    assert (alert["ts"], alert["alert"], alert["growth_bytes"]) == (start + 7, "memory_growth", 61 * MB)
+    assert (alert["baseline_rss_bytes"], alert["rss_bytes"], alert["threshold_bytes"]) == (100 * MB, 161 * MB, 40 * MB)
+    assert loaded.events[["event", "detail"]].values.tolist() == [["tracing_started", "level=deep: 1 frame"]]
+
+
+def test_sampled_and_unsampled_summary_endpoints_round_trip(tmp_path):
+    endpoints = quiet_load(_written_by_today(tmp_path, _SAMPLED_AND_NOT)).endpoints
+    assert endpoints[["method", "route", "calls", "rss_measured"]].values.tolist() == [
+        ["GET", "/hot", 800, 40], ["POST", "/never measured", 100, 0], ["DELETE", "/all", 5, 5]]
+    assert endpoints["avg_delta_bytes"].iloc[0] == MB // 4 and endpoints["max_delta_bytes"].iloc[0] == MB
+    assert endpoints[["avg_delta_bytes", "max_delta_bytes"]].iloc[1].isna().all()  # written avg=n/a max=n/a
+    assert endpoints["avg_delta_bytes"].iloc[2] == -MB // 2
+
+
+def test_a_route_with_a_newline_and_escape_codes_stays_one_line_and_reads_back_escaped(tmp_path):
+    route = "/x\n[12:00:09] RSS=999.0MB  VMS=1.0MB  delta=+0.0MB\x1b[2J"
+    path = _written_by_today(tmp_path, [{"method": "GET", "route": route, "calls": 1, "avg_delta_bytes": 0,
+                                         "max_delta_bytes": 0}], route=route)
+    loaded = quiet_load(path)
+    assert loaded.samples["rss_bytes"].tolist() == [101 * MB]  # the forged sample never became a line
+    escaped = "/x\\x0a[12:00:09] RSS=999.0MB  VMS=1.0MB  delta=+0.0MB\\x1b[2J"
+    assert loaded.requests["route"].tolist() == [escaped] and loaded.endpoints["route"].tolist() == [escaped]
+
+
+@pytest.mark.parametrize("log", sorted((Path(__file__).parents[2] / "sample_logs").glob("*/*.log")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_log_of_a_recorded_session_says_what_its_jsonl_says(log):
+    """Both files of a real session (sample_logs/): every line of the .log is read, and agrees within its rounding."""
+    human, jsonl = quiet_load(log), load(log.with_suffix(".jsonl"), warn=False)
+    assert len(human.samples) == len(jsonl.samples) > 0
+    half_tenth_mb = 0.05 * MB + 1  # the log shows MB with one decimal
+    for column in ("rss_bytes", "vms_bytes"):
+        assert (human.samples[column] - jsonl.samples[column]).abs().max() <= half_tenth_mb, column
+    got, expected = human.sessions.iloc[0], jsonl.sessions.iloc[0]
+    for column in ("requests_total", "requests_dropped", "internal_errors", "level"):
+        assert got[column] == expected[column], column
+    for column in ("peak_rss_bytes", "final_rss_bytes", "baseline_rss_bytes", "net_growth_bytes"):
+        assert abs(got[column] - expected[column]) <= half_tenth_mb, column
+    columns = ["method", "route", "calls"]  # these schema 1 files have no rss_measured (all were measured)
+    assert human.endpoints[columns].astype(str).values.tolist() == jsonl.endpoints[columns].astype(str).values.tolist()

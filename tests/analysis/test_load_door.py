@@ -227,7 +227,9 @@ def test_the_field_types_cover_every_field_of_every_kind():
     assert set(schema.REQUEST_FIELDS) <= set(load_module._FIELD_TYPES["request"])
     assert load_module._FIELD_TYPES["sample"]["rss_bytes"] == "count"
     assert load_module._FIELD_TYPES["sample"]["rss_delta_bytes"] == "int"
-    assert load_module._FIELD_TYPES["snapshot"]["sites"] == ("rows", "site_fields", schema.SITE_FIELDS)
+    sites = load_module._FIELD_TYPES["snapshot"]["sites"]
+    assert sites[:2] == ("rows", "site_fields") and tuple(sites[2]) == schema.SITE_FIELDS
+    assert sites[2]["size_diff_bytes"] == "int" and sites[2]["size_bytes"] == "count"  # signed only if a diff
 
 
 def test_heap_rows_of_the_wrong_shape_are_nulled_not_fatal(tmp_path):

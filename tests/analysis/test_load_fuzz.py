@@ -63,7 +63,7 @@ BASE = _base_session()
 
 
 def _head(kind: str, name: str) -> str:
-    return schema.FIELDS[kind][name].split(",", 1)[0].split(":", 1)[0].strip()
+    return schema.FIELDS[kind][name].type
 
 
 def _obviously_wrong(head: str, name: str, value: Any) -> bool:

@@ -10,7 +10,7 @@ from capture_files import read_jsonl
 from fastapi import FastAPI
 
 from leakyspanner import leakyspanner
-from leakyspanner.capture.humanlog import clean, endpoint_line
+from leakyspanner.capture.humanlog import endpoint_line, one_line
 from leakyspanner.capture.procmem import ProcessReader, cgroup_memory_limit_bytes
 from leakyspanner.capture.sampler import _copy_counters, count_tasks
 
@@ -64,6 +64,7 @@ def _profiler(tmp_path, level: str, rss_mb: list[float], **kwargs):
     sampler = profiler._sampler
     profiler.reader = FakeReader(rss_mb)
     profiler.baseline_rss_bytes = 100 * MB
+    profiler.alert_baseline_rss_bytes = 100 * MB  # the process's baseline, which alerts measure from
     sampler._auto_trigger_rss = 100 * MB
     sampler._clock = FakeClock()
     sampler._budget_since = sampler._clock.now
@@ -230,7 +231,7 @@ def test_log_lines_cannot_be_forged_by_control_characters(hostile):
     line = endpoint_line(0.0, "GET", hostile, 5 * MB, 200)
     assert len(line.splitlines()) == 1
     assert "\x1b" not in line and "\r" not in line
-    assert len(clean("x" * 10_000)) <= 201
+    assert len(one_line("x" * 10_000)) <= 201
 
 
 def test_counter_copies_keep_the_cumulative_counts_and_start_each_maximum_anew():

@@ -26,9 +26,6 @@ EXPECTED_TO_FAIL: dict[str, str] = {
              "(small objects fragment pymalloc's pools) and the RSS/heap scaling does not always reach it",
     "metrics_labels": "borderline at 12 s: right endpoint and line, bytes/call 0.8-1.3x the outside RSS figure "
                       "across runs (the 12 s outside figure itself moves by about 20%)",
-    "unclosed_clients": "native leak whose mallocs reuse memory a transient endpoint freed: RSS grows in the "
-                        "transient endpoint's requests, so RSS alone cannot name the leaker under a steady mix "
-                        "(the verdict says so and names none)",
 }
 
 SECONDS = 12.0  # of traffic per scenario: 11 scenarios in about 3 minutes on 2 cores

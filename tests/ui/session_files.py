@@ -35,8 +35,10 @@ class SessionWriter:
 
     def __init__(self, path: Path, *, routes: tuple[tuple[str, str], ...], leak_route: tuple[str, str],
                  leak_bytes: int = 200 * _KB, start_ts: float = 1_780_000_000.0, host: str = "testhost",
-                 pid: int = 4242, level: str = "mid", seed: int = 0, threshold_bytes: int = 20 * _MB) -> None:
+                 pid: int = 4242, level: str = "mid", seed: int = 0, threshold_bytes: int = 20 * _MB,
+                 leak_file: str | None = None) -> None:
         self.path, self.routes, self.leak_route, self.leak_bytes = path, routes, leak_route, leak_bytes
+        self.leak_file = leak_file
         self.start_ts, self.rng, self.threshold = start_ts, random.Random(seed), threshold_bytes
         self.baseline = 50 * _MB
         self.rss, self.traced = self.baseline, 2 * _MB
@@ -97,7 +99,8 @@ class SessionWriter:
 
     def _snapshot(self, ts: float) -> dict[str, Any]:
         grown = self.traced - 2 * _MB
-        sites = [[XSS_FILE if XSS_ROUTE in self.leak_route[1] else "/app/main.py", 42, grown, grown // 1000,
+        leak_file = self.leak_file or (XSS_FILE if XSS_ROUTE in self.leak_route[1] else "/app/main.py")
+        sites = [[leak_file, 42, grown, grown // 1000,
                   grown - self.leak_sites, (grown - self.leak_sites) // 1000],
                  ["/app/db.py", 7, 300 * _KB, 900, 0, 0],
                  ["<frozen abc>", 106, 98 * _KB, 352, 0, 0]]

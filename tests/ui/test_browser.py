@@ -4,61 +4,21 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from browser import CHROMIUM, Served
+from browser import ready as _ready
+from browser import shot as _shot
 from playwright.sync_api import expect
 from session_files import XSS_FILE, XSS_ROUTE, SessionWriter, copy_samples, three_sessions, write_session
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Screenshots go to a scratch folder; LEAKYSPANNER_UPDATE_DOCS=1 writes the ones in docs/images
-# on purpose (tests never modify tracked files otherwise).
-SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "images" if os.environ.get("LEAKYSPANNER_UPDATE_DOCS")
-         else Path(tempfile.gettempdir()) / "leakyspanner-ui-shots")
 LIVE_ID = "leakyspanner_20260601_160000"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
                                 reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
-
-class Served:
-    """``python -m leakyspanner inspect PATH --port 0`` in a subprocess, and a client for its API."""
-
-    def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "leakyspanner", "inspect", str(path), "--port", "0",
-                                      "--no-browser"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        first = self.proc.stdout.readline()  # type: ignore[union-attr]
-        found = re.search(r"http://127\.0\.0\.1:\d+/", first)
-        if not found:
-            self.proc.kill()
-            raise RuntimeError(f"inspect did not print its URL: {first}{self.proc.stdout.read()}")  # type: ignore[union-attr]
-        self.url = found.group(0)
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-        self.client.get("/api/sessions").raise_for_status()  # server up, verdicts computed
-
-    def api(self, path: str, **params: Any) -> Any:
-        response = self.client.get(path, params=params)
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
@@ -80,42 +40,6 @@ def served(logs: tuple[Path, SessionWriter, dict[str, Path]]) -> Iterator[Served
     server = Served(logs[0])
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_context() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1360, "height": 900})
-        yield context
-        context.close()
-
-
-@pytest.fixture
-def page(browser_context: Any) -> Iterator[Any]:
-    """A tab that records script errors, console errors (CSP violations among them) and dialogs."""
-    tab = browser_context.new_page()
-    tab.problems = []
-    tab.dialogs = []
-    tab.on("pageerror", lambda exc: tab.problems.append(f"pageerror: {exc}"))
-    tab.on("console", lambda msg: msg.type == "error" and tab.problems.append(f"console: {msg.text}"))
-    tab.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
-    yield tab
-    problems = tab.problems
-    tab.close()
-    assert not problems
-
-
-def _ready(page: Any, name: str) -> None:
-    page.wait_for_selector(f"body[data-page={name}][data-ready=true]", timeout=30_000)
-
-
-def _shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"ui_{name}.png"), full_page=True)
 
 
 def _session_of(served: Served, folder: Path) -> dict[str, Any]:
@@ -183,7 +107,8 @@ def test_sessions_to_session_to_endpoint_to_diff_to_compare(page: Any, served: S
     diff = served.api(f"/api/sessions/{leaking['session_id']}/diff", a=a, b=b)
     cells = page.get_by_test_id("site-diff").locator("td[data-key=site]")
     assert cells.count() == len(diff["rows"])
-    assert cells.first.inner_text() == diff["rows"][0]["site"]
+    assert cells.first.inner_text() == diff["rows"][0]["labels"]["site"]  # the short path; the full one in data-value
+    assert cells.first.get_attribute("data-value") == diff["rows"][0]["site"]
     _shot(page, "session")
 
     # Back to the list, then before/after.

@@ -19,9 +19,11 @@ from session_files import XSS_ROUTE, three_sessions, write_session
 from leakyspanner import errors
 from leakyspanner.analysis import load
 from leakyspanner.analysis.diagnose import compare, diagnose
+from leakyspanner.analysis.paths import short_site
 from leakyspanner.analysis.stats import downsample, endpoint_table, site_diff
 from leakyspanner.commands import inspect
-from leakyspanner.ui import server
+from leakyspanner.formatting import format_bytes
+from leakyspanner.ui import payloads, server
 from leakyspanner.ui.server import MAX_POINTS, Dashboard, create_app
 
 BASE = "http://127.0.0.1:8765"
@@ -61,7 +63,7 @@ def _raw_asgi(app: Any, path: str, headers: list[tuple[bytes, bytes]] | None = N
 
 
 def _records(frame: Any) -> list[dict[str, Any]]:
-    return [{k: server._plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    return [{k: payloads._plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +105,18 @@ def test_session_detail_numbers_are_the_analysis_functions_output(app: Any, logs
     detail = _get(app, f"/api/sessions/{sid}").json()
     sessions = load(logs / "leaking")
     verdict = diagnose(sessions, sid)
+    shown_sites = detail["verdict"]["sites"]
+    labels = [s.pop("labels") for s in shown_sites]
+    assert [label["site"] for label in labels] == [short_site(g.site) for g in verdict.sites]
+    assert [label["growth_bytes"] for label in labels] == [format_bytes(g.growth_bytes, signed=True)
+                                                          for g in verdict.sites]
     assert detail["verdict"] == _json_ready(verdict.to_dict())
     table = endpoint_table(sessions, session_id=sid)
     rows = detail["endpoints"]["rows"]
     assert [(r["method"], r["route"]) for r in rows] == list(zip(table["method"], table["route"]))
     for row, expected in zip(rows, _records(table)):
         assert {k: row[k] for k in expected} == expected
+        assert row["labels"]["avg_delta_bytes"] == format_bytes(row["avg_delta_bytes"], signed=True, missing="–")
         attributed = next(e for e in verdict.endpoints if (e.method, e.route) == (row["method"], row["route"]))
         assert row["retained_bytes_per_call"] == attributed.retained_bytes_per_call
         assert row["significant"] == attributed.significant
@@ -168,7 +176,9 @@ def test_snapshot_diff_is_site_diff(app: Any, logs: Path) -> None:
     a, b = detail["snapshots"][0]["seq"], detail["snapshots"][-1]["seq"]
     data = _get(app, f"/api/sessions/{sid}/diff", params={"a": a, "b": b}).json()
     expected = site_diff(load(logs / "leaking"), a, b, session_id=sid, top=20)
+    labels = [row.pop("labels") for row in data["rows"]]
     assert data["rows"] == _records(expected)
+    assert labels[0]["size_diff_bytes"] == format_bytes(data["rows"][0]["size_diff_bytes"], signed=True)
     assert data["rows"][0]["site"] == "/app/main.py:42"
     assert _get(app, f"/api/sessions/{sid}/diff", params={"a": a, "b": 999}).status_code == 404
     assert _get(app, f"/api/sessions/{sid}/diff", params={"a": "x", "b": b}).status_code == 400

@@ -57,14 +57,22 @@
     return typeof v === "number" && Number.isFinite(v);
   }
 
+  // Units and rounding come with every payload (leakyspanner/formatting.py), so the page and the
+  // terminal report write a size or a duration the same way; figures the server sent as text
+  // ("labels") are shown as sent.
+  let UNITS = null;
+
+  function learnUnits(payload) {
+    if (payload && payload.units) UNITS = payload.units;
+    return payload;
+  }
+
   function fmtBytes(n, signed) {
-    if (!isNum(n)) return "–";
-    const sign = signed && n > 0 ? "+" : n < 0 ? "−" : "";
+    if (!isNum(n) || !UNITS) return "–";
+    const sign = signed && n > 0 ? "+" : n < 0 ? "-" : "";
     const a = Math.abs(n);
-    if (a >= MB * 1024) return sign + (a / MB / 1024).toFixed(2) + " GB";
-    if (a >= MB) return sign + (a / MB).toFixed(1) + " MB";
-    if (a >= 1024) return sign + (a / 1024).toFixed(1) + " KB";
-    return sign + Math.round(a) + " B";
+    const [scale, unit, decimals] = UNITS.bytes.find((u) => a >= u[0] || u[0] === 1);
+    return sign + (a / scale).toFixed(decimals) + " " + unit;
   }
 
   function exact(n, unit) {
@@ -74,16 +82,18 @@
   }
 
   function fmtDuration(sec) {
-    if (!isNum(sec)) return "–";
+    if (!isNum(sec) || !UNITS) return "–";
+    const sign = sec < 0 ? "-" : "";
     const a = Math.abs(sec);
-    if (a < 1) return (sec * 1000).toFixed(a < 0.01 ? 2 : 1) + " ms";
-    if (a < 60) return sec.toFixed(1) + " s";
-    const total = Math.round(sec);
+    for (const [below, per, unit, decimals] of UNITS.short_durations) {
+      const rounded = Number((a / per).toFixed(decimals));
+      if (rounded * per < below) return sign + rounded.toFixed(decimals) + " " + unit;
+    }
+    const total = Math.round(a);
     const hours = Math.floor(total / 3600);
     const minutes = Math.floor((total % 3600) / 60);
-    const seconds = total % 60;
     const pad = (v) => String(v).padStart(2, "0");
-    return hours ? hours + " h " + pad(minutes) + " min" : minutes + " min " + pad(seconds) + " s";
+    return sign + (hours ? hours + " h " + pad(minutes) + " min" : minutes + " min " + pad(total % 60) + " s");
   }
 
   function fmtClock(sec) {
@@ -110,9 +120,12 @@
     return Number.isInteger(v) ? numberFormat.format(v) : numberFormat.format(Math.round(v * 100) / 100);
   }
 
-  /** [text shown, exact value for the title] of a table cell. */
-  function fmtCell(value, unit) {
+  /** [text shown, exact value for the title] of a table cell; `label` is the server's text for it. */
+  function fmtCell(value, unit, label) {
     if (value === null || value === undefined) return ["–", "no value"];
+    if (typeof label === "string") {
+      return [label, isNum(value) ? exact(value, unit === "seconds" ? "s" : unit) : String(value)];
+    }
     switch (unit) {
       case "bytes": return [fmtBytes(value, false), exact(value, "bytes")];
       case "seconds": return [fmtDuration(value), exact(value, "s")];
@@ -125,7 +138,7 @@
   }
 
   const STATUS_CLASS = {
-    "leaking": "bad", "plateau": "warn", "sawtooth": "warn", "no leak": "good",
+    "leaking": "bad", "possible leak": "warn", "plateau": "warn", "sawtooth": "warn", "no leak": "good",
     "not enough data": "muted", "error": "bad",
   };
 
@@ -150,12 +163,13 @@
 
   const serverApi = {
     report: false,
-    sessions: () => getJSON("/api/sessions"),
-    session: (id, since) => getJSON("/api/sessions/" + encodeURIComponent(id) + (since ? "?" + query({since}) : "")),
+    sessions: () => getJSON("/api/sessions").then(learnUnits),
+    session: (id, since) => getJSON("/api/sessions/" + encodeURIComponent(id) + (since ? "?" + query({since}) : ""))
+      .then(learnUnits),
     endpoint: (id, method, route) =>
-      getJSON("/api/sessions/" + encodeURIComponent(id) + "/endpoint?" + query({method, route})),
+      getJSON("/api/sessions/" + encodeURIComponent(id) + "/endpoint?" + query({method, route})).then(learnUnits),
     diff: (id, a, b) => getJSON("/api/sessions/" + encodeURIComponent(id) + "/diff?" + query({a, b})),
-    compare: (before, after) => getJSON("/api/compare?" + query({before, after})),
+    compare: (before, after) => getJSON("/api/compare?" + query({before, after})).then(learnUnits),
   };
 
   function reportApi(data) {
@@ -181,7 +195,7 @@
     };
   }
 
-  const api = REPORT ? reportApi(REPORT) : serverApi;
+  const api = REPORT ? reportApi(learnUnits(REPORT)) : serverApi;
 
   function reportLabel() {
     return "saved report, generated " + fmtTime(REPORT.generated_ts);
@@ -290,7 +304,7 @@
       grid.appendChild(s("line", {x1: m.left, x2: width - m.right, y1: py(v), y2: py(v)}));
       grid.appendChild(s("text", {x: m.left - 6, y: py(v) + 4, class: "tick y"}, fmtY(v)));
     }
-    for (const v of timeTicks(x0, x1, 8)) {
+    for (const v of timeTicks(x0, x1, Math.max(3, Math.round(width / 120)))) {  // ~120 px per label
       const edge = px(v) > width - m.right - 24 ? " end" : "";  // keep the last label inside the chart
       grid.appendChild(s("text", {x: px(v), y: height - 10, class: "tick x" + edge}, fmtClock(v)));
     }
@@ -357,7 +371,7 @@
       for (const line of opts.vlines || []) {
         if (Math.abs(px(line.x) - px(shownX)) < 6 && line.lines) lines.push(...line.lines);
       }
-      showTooltip(event, ["elapsed " + fmtClock(shownX) + " (" + exact(shownX, "s") + ")", ...lines]);
+      showTooltip(event, ["elapsed " + fmtClock(shownX) + " (" + fmtDuration(shownX) + ")", ...lines]);
     });
     overlay.addEventListener("mouseleave", () => {
       hideTooltip();
@@ -391,7 +405,7 @@
     }
     const width = 960;
     const height = 240;
-    const m = {left: 52, right: 12, top: 12, bottom: 34};
+    const m = {left: 64, right: 12, top: 24, bottom: 34};
     const maxCount = Math.max(1, ...bars.map((b) => b.count));
     const bw = (width - m.left - m.right) / bars.length;
     const py = (c) => m.top + (1 - c / maxCount) * (height - m.top - m.bottom);
@@ -403,6 +417,8 @@
       grid.appendChild(s("line", {x1: m.left, x2: width - m.right, y1: py(v), y2: py(v)}));
       grid.appendChild(s("text", {x: m.left - 6, y: py(v) + 4, class: "tick y"}, fmtNumber(v)));
     }
+    grid.appendChild(s("text", {x: m.left - 6, y: m.top - 10, class: "tick y", "data-testid": "histogram-y-unit"},
+                       "requests"));
     svg.appendChild(grid);
     const labelEvery = Math.max(1, Math.ceil(bars.length / 8));
     bars.forEach((b, i) => {
@@ -417,7 +433,11 @@
       svg.appendChild(rect);
       const nearTail = !b.tail && ((hist.above && i > bars.length - 1 - labelEvery) || (hist.below && i > 0 && i < labelEvery));
       if ((i % labelEvery === 0 && !nearTail) || b.tail) {
-        svg.appendChild(s("text", {x: x + bw / 2, y: height - 14, class: "tick x"}, b.label));
+        // Labels at either end are anchored inside the chart so none is cut off.
+        const anchor = x + bw / 2 < m.left + 50 ? " start" : x + bw / 2 > width - m.right - 50 ? " end" : "";
+        const at = anchor === " start" ? x + 1 : anchor === " end" ? x + bw - 1 : x + bw / 2;
+        svg.appendChild(s("text", {x: at, y: height - 14, class: "tick x" + anchor, "data-testid": "histogram-x-tick"},
+                          b.label));
       }
     });
     svg.appendChild(s("text", {x: width / 2, y: height - 1, class: "axis-label"}, opts.xLabel || ""));
@@ -471,7 +491,7 @@
         if (opts.rowAttrs) setAttrs(tr, opts.rowAttrs(row));
         for (const col of opts.columns) {
           const value = row[col.key];
-          const [text, title] = fmtCell(value, col.unit);
+          const [text, title] = fmtCell(value, col.unit, row.labels ? row.labels[col.key] : undefined);
           const extra = opts.cellTitle ? opts.cellTitle(col, row) : "";
           const td = h("td", {"data-key": col.key, "data-value": value === null || value === undefined ? "" : String(value),
                               title: title + extra, class: col.unit === "text" ? "text" : "num"});
@@ -488,7 +508,8 @@
       }));
     }
     draw();
-    return table;
+    // A wide table scrolls inside its card instead of spilling out of it on a narrow window.
+    return h("div", {class: "table-wrap"}, table);
   }
 
   function keyValues(pairs, testid) {
@@ -531,8 +552,8 @@
   const LIST_COLUMNS = [
     {key: "status", label: "status", unit: "text"},
     {key: "session_id", label: "session", unit: "text"},
+    {key: "folder", label: "folder", unit: "text"},
     {key: "host", label: "host", unit: "text"},
-    {key: "pid", label: "pid", unit: "id"},
     {key: "level", label: "level", unit: "text"},
     {key: "start_ts", label: "started", unit: "time"},
     {key: "duration_s", label: "duration", unit: "seconds"},
@@ -587,7 +608,7 @@
 
   function compareForm(rows, before, after) {
     const options = (selected) => rows.map((r) => h("option", {value: r.session_id, selected: r.session_id === selected},
-      r.session_id + " — " + (r.status || "") + ", " + fmtTime(r.start_ts)));
+      (r.label || r.status || "") + " — started " + fmtTime(r.start_ts)));
     const leaking = rows.find((r) => r.status === "leaking");
     const first = before || (leaking ? leaking.session_id : rows[rows.length - 1].session_id);
     const other = rows.find((r) => r.session_id !== first && r.status !== "leaking") ||
@@ -599,9 +620,13 @@
     button.addEventListener("click", () => {
       location.hash = "#/compare/" + encodeURIComponent(selBefore.value) + "/" + encodeURIComponent(selAfter.value);
     });
-    return h("section", {class: "card compare-form"}, h("h2", null, "Did the fix work? Compare two sessions"),
-      h("label", {for: "compare-before"}, "before "), selBefore, h("label", {for: "compare-after"}, " after "), selAfter,
-      " ", button);
+    return h("section", {class: "card compare-form", "data-testid": "compare-form"},
+      h("h2", null, "Did the fix work? Compare two sessions"),
+      h("div", {class: "fields"},
+        h("div", {class: "field"}, h("label", {for: "compare-before"}, "before (the leaking run)"), selBefore),
+        h("div", {class: "field"}, h("label", {for: "compare-after", "data-testid": "compare-after-label"},
+                                     "after (the run with the fix)"), selAfter),
+        h("div", {class: "field"}, button)));
   }
 
   // -- the session page
@@ -629,6 +654,34 @@
         statCard("samples", exact(ses.samples), "", "stat-samples"),
         statCard("alerts", exact(detail.alerts.length), "", "stat-alerts")),
     ];
+  }
+
+  /** The growing line with a few lines around it, as the server read them (never run, shown as text). */
+  function sourceCard(detail) {
+    const src = detail.source;
+    if (!src) return null;
+    const title = "The growing line: " + src.path + ":" + src.line;
+    const why = src.caused_by ? "the allocation happens in " + src.site + ", called from this line of your code" :
+      "allocated here, and still held at the end of the session";
+    let body;
+    if (src.status === "ok") {
+      body = h("pre", {class: "source", "data-testid": "source-preview"}, src.lines.map((row) =>
+        h("div", {class: "source-line" + (row.n === src.line ? " hit" : ""), "data-line": row.n},
+          h("span", {class: "source-n"}, String(row.n)), h("code", null, row.text))));
+    } else {
+      body = h("p", {class: "muted", "data-testid": "source-absent"}, src.status === "outside" ?
+        "Not shown: the file is outside the project folder (an installed package, the standard library, " +
+        "or another folder), or not a .py file." :
+        "Not shown: the file is not on this machine or no longer has that line.");
+    }
+    return card(title, "source-card", h("p", {class: "hint"}, why), body);
+  }
+
+  function nextStepsBox(detail) {
+    const steps = detail.next_steps || [];
+    if (!steps.length) return null;
+    return h("section", {class: "next-steps", "data-testid": "next-steps"}, h("h2", null, "What to do next"),
+      h("ul", null, steps.map((line) => h("li", null, h("code", null, line)))));
   }
 
   function memoryCard(detail) {
@@ -838,10 +891,11 @@
         const first = rows.find((r) => r.significant === true) || rows[0];
         if (first) state.endpoint = {method: first.method, route: first.route};
       }
-      page.replaceChildren(
-        ...sessionHeader(detail), memoryCard(detail), endpointsCard(detail, state, pick),
-        card("Per-request distribution", "distribution-card", endpointBox),
-        sitesCard(id, detail, state), resourcesCard(detail), verdictCard(detail));
+      // replaceChildren writes a null as the text "null": leave the absent parts out.
+      page.replaceChildren(...[
+        ...sessionHeader(detail), nextStepsBox(detail), sourceCard(detail), memoryCard(detail),
+        endpointsCard(detail, state, pick), card("Per-request distribution", "distribution-card", endpointBox),
+        sitesCard(id, detail, state), resourcesCard(detail), verdictCard(detail)].filter(Boolean));
       page.dataset.version = detail.version || "";
       if (state.endpoint) endpointDetail(id, state.endpoint, endpointBox);
       setLive(Boolean(detail.follow && !detail.session.complete && !api.report));

@@ -1,0 +1,1 @@
+"""The directory ``leakyspanner run`` puts first on PYTHONPATH; only its ``sitecustomize`` matters."""
