@@ -34,8 +34,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str]] = {
         "the leaking app, two uvicorn workers (one session each, `_p<pid>` stem), level `mid`, 30 s",
     ),
     "deep": (
-        {"seconds": 15, "level": "deep"},
-        "the leaking app, one worker, level `deep` (10-frame tracebacks), 15 s",
+        {"seconds": 30, "level": "deep"},
+        "the leaking app, one worker, level `deep` (the heap engine at 8x the sampling rate, 64 frames), 30 s",
     ),
 }
 
@@ -62,10 +62,10 @@ def describe(jsonl: Path) -> dict[str, Any]:
     records = _records(jsonl)
     header = next((r for r in records if r.get("kind") == "header"), {})
     summary = next((r for r in records if r.get("kind") == "summary"), {})
-    snapshots = [r for r in records if r.get("kind") == "snapshot"]
+    snapshots = [r for r in records if r.get("kind") in ("snapshot", "heap")]
     top = None
     if snapshots:
-        rows = sorted(snapshots[-1].get("sites") or [], key=lambda row: row[2], reverse=True)
+        rows = sorted(_sites(snapshots[-1]), key=lambda row: row[2], reverse=True)
         if rows:
             top = f"`{Path(rows[0][0]).name}:{rows[0][1]}` ({rows[0][2] / _MB:.1f} MB)"
     return {
@@ -97,10 +97,22 @@ def leak_site_found(jsonl: Path) -> bool:
     """True when some snapshot of ``jsonl`` names a ``# LEAK:`` line of the demo app."""
     expected = {f"app.py:{number}" for number, _ in leak_lines()}
     for record in _records(jsonl):
-        if record.get("kind") == "snapshot":
-            if expected & {f"{Path(row[0]).name}:{row[1]}" for row in record.get("sites") or ()}:
+        if record.get("kind") in ("snapshot", "heap"):
+            if expected & {f"{Path(row[0]).name}:{row[1]}" for row in _sites(record)}:
                 return True
     return False
+
+
+def _sites(record: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(file, line, size_bytes) of a tracemalloc snapshot's or a heap record's site rows."""
+    rows = record.get("sites") or []
+    if record.get("kind") != "heap":
+        return [(row[0], row[1], row[2]) for row in rows]
+    names = record.get("site_fields") or []
+    at = {name: names.index(name) for name in ("file", "line", "size_bytes") if name in names}
+    if len(at) < 3:
+        return []
+    return [(row[at["file"]], row[at["line"]], row[at["size_bytes"]]) for row in rows]
 
 
 def _missing_leak_sites() -> list[Path]:

@@ -2,6 +2,6 @@
 setup_venv() {
   local py=${PYTHON:-python3}
   if [ ! -x .venv/bin/python ]; then "$py" -m venv .venv; fi
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"
   .venv/bin/python -m pip install -q -e ".[$1]"
 }

@@ -56,9 +56,10 @@ _FRAMES = {"mid": 1, "auto": 1, "deep": 5, "basic": 0}
 #: deep samples this many times more often than mid, with more frames
 _DEEP_SAMPLE_DIVISOR = 8
 _DEEP_MAX_FRAMES = 64
-#: The sampler's mean gap. A sample costs a stack capture (about 35k instructions at 32
-#: frames, benchmarks/bench_heap_alloc.py); a tiny FastAPI request allocates ~32 KB, so
-#: 256 KiB pays one per 8 requests. Estimates carry a relative error of about
+#: The sampler's mean gap (the engine's own default, heap.DEFAULT_SAMPLE_BYTES, is 512 KiB
+#: for callers outside a session). A sample costs a stack capture (about 3.4k instructions
+#: at 32 frames, benchmarks/bench_heap_alloc.py); a tiny FastAPI request allocates ~32 KB,
+#: so 256 KiB pays one per 8 requests. Estimates carry a relative error of about
 #: sqrt(sample_bytes / retained bytes): 5% at 100 MB.
 _SAMPLE_BYTES = 256 * 1024
 #: For the first _EARLY_S of a session the gap is 64 KiB: a one-minute run that keeps
