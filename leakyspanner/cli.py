@@ -65,7 +65,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         module = importlib.import_module(f"leakyspanner.commands.{module_name}")
         command = sub.add_parser(name, help=help_text, description=help_text, epilog=_EXIT_CODES,
                                  formatter_class=formatter)
-        module.add_arguments(command)  # type: ignore[attr-defined]
+        module.add_arguments(command)
         modules[name] = module
     return parser, modules
 

@@ -9,12 +9,13 @@ Standard library only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from leakyspanner import schema
 
-__all__ = ["inside", "preferred", "session_files"]
+__all__ = ["dataset_url", "inside", "preferred", "session_files"]
 
 _SUFFIXES = (schema.JSONL_SUFFIX, schema.LOG_SUFFIX)
 
@@ -41,3 +42,21 @@ def inside(path: Path, base: Path) -> bool:
         return path.resolve().is_relative_to(base)
     except (OSError, RuntimeError):  # a symlink loop
         return False
+
+
+def dataset_url(source: object) -> str | None:
+    """``source`` as a string when it names a Parquet dataset (``leakyspanner export --parquet``), else None.
+
+    A URL (``s3://``, ``gs://``, ``file://``...) always names one, since session
+    logs are read from local paths only; a local directory does when it holds
+    :data:`~leakyspanner.schema.DATASET_FILE`. One ``stat``, so JSON-lines
+    sources pay nothing for the check.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    text = os.fspath(source)
+    if isinstance(text, bytes):
+        return None
+    if "://" in text or os.path.isfile(os.path.join(text, schema.DATASET_FILE)):
+        return text
+    return None

@@ -36,7 +36,9 @@ def interactive(stream: TextIO) -> bool:
             return True
     except (AttributeError, ValueError):  # a closed or unusual stream
         return False
-    return "ipykernel" in sys.modules
+    # a notebook's stderr is ipykernel's OutStream; ipykernel merely imported (a test run, a
+    # library) does not make a piped stream interactive
+    return type(stream).__module__.startswith("ipykernel")
 
 
 class Bar:

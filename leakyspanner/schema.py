@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple
 
 __all__ = [
     "BACKGROUND_ROUTE",
+    "DATASET_FILE",
     "FIELDS",
     "FORMAT_NAME",
     "Field",
@@ -78,6 +79,8 @@ FORMAT_NAME = "leakyspanner-jsonl"
 STEM_PREFIX = "leakyspanner_"
 LOG_SUFFIX = ".log"
 JSONL_SUFFIX = ".jsonl"
+#: The file at the root of a Parquet dataset (``leakyspanner export --parquet``) that marks it as ours.
+DATASET_FILE = "leakyspanner-dataset.json"
 
 #: Capture levels accepted by ``leakyspanner(app, level=...)``.
 LEVELS = ("basic", "mid", "deep", "auto")

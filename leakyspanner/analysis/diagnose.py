@@ -33,7 +33,16 @@ from .evidence import (
 from .load import Sessions
 from .paths import short_site
 from .stats import trend_line
-from .verdict import EndpointAttribution, FixCheck, GrowingSite, LeakKind, Trend, Verdict
+from .verdict import (
+    EndpointAttribution,
+    FixCheck,
+    GrowingSite,
+    LeakKind,
+    Trend,
+    TrendStatus,
+    Verdict,
+    VerdictStatus,
+)
 
 __all__ = ["compare", "diagnose", "diagnose_all", "format_fix_check", "format_verdict"]
 
@@ -79,6 +88,7 @@ def _trend(metric: str, t: np.ndarray, y: np.ndarray, requests_after_warmup: int
     material = _material(metric, level)
     value_range = float(yw.max() - yw.min())
     drops = int((np.diff(yw) < -0.25 * value_range).sum()) if value_range > material else 0
+    status: TrendStatus
     if growth > material and lo > 0 and late_slope > 0.25 * slope:
         status = "leaking"
     elif drops >= 2:
@@ -193,7 +203,7 @@ def _floors(s: Sessions, sid: str, samples: pd.DataFrame, metric: str) -> np.nda
     """
     ts = samples["ts"].to_numpy(dtype=float, na_value=np.nan)
     values = samples[metric].to_numpy(dtype=float, na_value=np.nan)
-    floors = values.copy()
+    floors: np.ndarray = values.copy()
     before, after = (("rss_before_bytes", "rss_after_bytes") if metric == "rss_bytes"
                      else ("traced_before_bytes", "traced_after_bytes"))
     req = s.requests[s.requests["session_id"] == sid] if len(s.requests) else s.requests
@@ -909,6 +919,7 @@ def _diagnose(sessions: Sessions, sid: str) -> Verdict:
             ["Follow the growing allocation sites below to the object that is kept alive.",
              "Typical culprits: module-level lists/dicts, caches without a size bound (use functools.lru_cache(maxsize=...)), objects stored on app.state or in closures."]))
     growing_lines = [g for g in sites if g.growth_bytes > 0]
+    status: VerdictStatus
     if leaking:
         status = "leaking"
     elif growing_lines and rss.status != "plateau":

@@ -1033,7 +1033,16 @@ def load(source: _Source, *, warn: bool = True) -> Sessions:
     leakyspanner. Unreadable lines, and values not of their field's type, are
     left out and, with ``warn``, reported in one :class:`LoadWarning`. A file
     holding two sessions (a second header line) loads as two sessions.
+
+    A Parquet dataset (``leakyspanner export --parquet``: a directory holding
+    ``leakyspanner-dataset.json``, or an fsspec URL such as ``s3://bucket/leaks``)
+    is read by :func:`leakyspanner.fleet.read_parquet` (``pip install 'leakyspanner[fleet]'``).
     """
+    dataset = discovery.dataset_url(source)
+    if dataset is not None:
+        from leakyspanner.fleet import read_parquet  # the fleet extra, imported only for a dataset
+
+        return read_parquet(dataset)
     collector = _Collector()
     with _gc_paused():
         found = _collect(source)

@@ -52,7 +52,7 @@ class Trend(_Dict):
     """Robust growth of one memory metric after warm-up."""
 
     metric: str                      # "rss_bytes" or "traced_bytes"
-    status: str                      # "leaking" | "plateau" | "sawtooth" | "flat" | "not enough data"
+    status: TrendStatus
     slope_bytes_per_s: float         # Theil-Sen slope after warm-up
     slope_low_bytes_per_s: float     # 90% confidence band of the slope
     slope_high_bytes_per_s: float
@@ -122,7 +122,7 @@ class Verdict(_Dict):
     """The answer for one session: is it leaking, where, how much, what kind."""
 
     session_id: str
-    status: str                      # "leaking" | "possible leak" | "plateau" | "sawtooth" | "no leak" | "not enough data"
+    status: VerdictStatus
     leaking: bool
     headline: str                    # one plain sentence
     rss: Trend
@@ -156,8 +156,8 @@ class FixCheck(_Dict):
     headline: str
     before_mb_per_hour: float
     after_mb_per_hour: float
-    before_status: str
-    after_status: str
+    before_status: VerdictStatus
+    after_status: VerdictStatus
     endpoints: list[dict[str, Any]]  # route, before/after retained_bytes_per_call
     #: "FIXED" | "NOT FIXED" | "REGRESSION" | "NO CHANGE": the one label the terminal and
     #: the dashboard print, so they cannot disagree

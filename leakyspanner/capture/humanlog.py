@@ -17,7 +17,6 @@ from ..schema import LOG_LINES, LOG_RULE
 
 __all__ = [
     "alert_line",
-    "clean",
     "endpoint_line",
     "event_line",
     "header_lines",
@@ -40,10 +39,6 @@ def one_line(text: object, limit: int = _MAX_FIELD) -> str:
     if len(s) > limit:
         s = s[:limit] + "…"
     return s.translate(_ESCAPES)
-
-
-# The old name, until the callers outside this module have moved to one_line.
-clean = one_line
 
 
 # kind -> (template, (value name, tail template), ...): looked up once per line on the writer thread.

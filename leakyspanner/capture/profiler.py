@@ -442,7 +442,7 @@ class Profiler:
         try:
             jsonl.write("".join(lines) + _json_dumps(event, separators=(",", ":")) + "\n")
             jsonl.flush()
-            log.write("\n".join([*human, f"  [event] log_files_recreated: {detail}"]) + "\n")
+            log.write("\n".join([*human, humanlog.event_line("log_files_recreated", detail)]) + "\n")
             log.flush()
         except OSError as exc:
             self._internal_error("reopen", exc)

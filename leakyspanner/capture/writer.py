@@ -307,7 +307,7 @@ class RecordWriter:
             rows.sort(key=lambda r: r[2], reverse=True)
             log.extend(humanlog.top_allocation_lines(rows))
         elif kind == "event":
-            log.append(f"  [event] {humanlog.clean(record.get('event'))}: {humanlog.clean(record.get('detail', ''))}")
+            log.append(humanlog.event_line(record.get("event"), record.get("detail", "")))
 
     def endpoint_summary(self) -> list[dict[str, Any]]:
         """Per-endpoint totals as of the last sample, sorted by average delta as the seed's summary was."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from .report import bytes_per_hour
 from .terminal import printable
@@ -30,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _is_dataset(target: str) -> bool:
-    from ..fleet.parquet import DATASET_FILE
+    from ..discovery import dataset_url
 
-    return "://" in target or os.path.isfile(os.path.join(target, DATASET_FILE))
+    return dataset_url(target) is not None
 
 
 def run(args: argparse.Namespace) -> int:

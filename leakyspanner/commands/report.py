@@ -58,7 +58,8 @@ def bytes_per_hour(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", nargs="+", help="a .jsonl/.log file, a directory of sessions, or a glob")
+    parser.add_argument("path", nargs="+", help="a .jsonl/.log file, a directory of sessions, a glob, or a "
+                        "Parquet dataset from `leakyspanner export` (directory or fsspec URL such as s3://bucket/leaks)")
     parser.add_argument("--session", help="only this session id (default: every session found)")
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     parser.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report to OUT "
@@ -84,7 +85,12 @@ def _size(n: float) -> str:
 def _load(paths: list[str], quiet: bool) -> Sessions:
     """``load`` with its warning printed here, escaped (a file name can hold an ESC too)."""
     from ..analysis import LoadWarning, load
+    from ..discovery import dataset_url
 
+    datasets = [p for p in paths if dataset_url(p) is not None] if len(paths) > 1 else []
+    if datasets:
+        raise InputError(f"{datasets[0]} is a Parquet dataset: give it on its own (one dataset per report), "
+                         "or export the other sessions into it with: leakyspanner export SESSIONS --parquet DATASET")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LoadWarning)
         sessions = load(paths if len(paths) > 1 else paths[0])

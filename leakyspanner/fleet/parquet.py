@@ -41,7 +41,7 @@ from ..analysis.load import Sessions  # noqa: E402
 __all__ = ["DATASET_FILE", "DATASET_FORMAT", "DATASET_VERSION", "ExportResult", "TABLES", "dataset_files",
            "export_parquet", "open_dataset", "read_parquet"]
 
-DATASET_FILE = "leakyspanner-dataset.json"
+DATASET_FILE = schema.DATASET_FILE
 DATASET_FORMAT = "leakyspanner-parquet"
 #: Bumped on any change of layout or columns a reader of the previous version would misread.
 DATASET_VERSION = 1
@@ -80,9 +80,20 @@ class ExportResult:
     files: int = 0
 
 
+def _filesystem(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    """fsspec's filesystem and path for ``url``; an unknown scheme or a missing package is bad input."""
+    try:
+        return fsspec.core.url_to_fs(str(url), **(storage_options or {}))  # type: ignore[no-any-return]
+    except ImportError as exc:  # s3fs, gcsfs...: fsspec names the package
+        raise errors.MissingExtraError(f"{url}: {exc} (pip install s3fs for s3://, gcsfs for gs://)") from None
+    except ValueError as exc:  # "Protocol not known: foo"
+        raise errors.InputError(f"{url}: {exc}; give a local directory or a URL fsspec knows "
+                                "(s3://, gs://, file://...)") from None
+
+
 def open_dataset(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str, dict[str, Any]]:
     """(filesystem, root path, marker) of an existing dataset; clear errors when it is not one."""
-    fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    fs, root = _filesystem(url, storage_options)
     root = root.rstrip("/")
     marker_path = f"{root}/{DATASET_FILE}"
     try:
@@ -155,7 +166,7 @@ def export_parquet(sessions: Sessions, url: str, *, release: str | None = None, 
     """
     if release is not None and (not isinstance(release, str) or not release.strip()):
         raise errors.InputError(f"release must be a non-empty string like 'v1.4.2', got {release!r}")
-    fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    fs, root = _filesystem(url, storage_options)
     root = root.rstrip("/")
     if fs.exists(root) and not fs.isdir(root):
         raise errors.InputError(f"{url} is a file; --parquet takes a directory (or URL) for the dataset")
@@ -257,7 +268,7 @@ def read_parquet(url: str, *, hosts: Sequence[str] | None = None, since: float |
     other table only those sessions' files are opened.
     """
     fs, root, marker = open_dataset(url, storage_options)
-    categorical = marker.get("categorical") if isinstance(marker.get("categorical"), dict) else {}
+    categorical: dict[str, Any] = marker["categorical"] if isinstance(marker.get("categorical"), dict) else {}
     files = dataset_files(fs, root, "sessions", hosts)
     chosen = _frame(_read(fs, root, "sessions", files), categorical.get("sessions", ()))
     keep = pd.Series(True, index=chosen.index)

@@ -219,5 +219,5 @@ def asgi_app(registry: Any = None) -> Any:
         from prometheus_client import multiprocess
 
         registry = prometheus_client.CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
     return prometheus_client.make_asgi_app(registry=registry if registry is not None else prometheus_client.REGISTRY)

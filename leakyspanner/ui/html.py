@@ -22,6 +22,7 @@ from leakyspanner.analysis.load import Sessions
 from leakyspanner.formatting import units
 from leakyspanner.ui.payloads import (
     endpoint_distribution,
+    fleet_payload,
     session_detail,
     session_row,
     snapshot_diff,
@@ -67,6 +68,8 @@ def report_data(sessions: Sessions, session_ids: list[str], *, root: str | None 
         if len(snapshots) >= 2:
             a, b = snapshots[0]["seq"], snapshots[-1]["seq"]
             data["diffs"][sid][f"{a}:{b}"] = snapshot_diff(sessions, sid, a, b)
+    if len(session_ids) > 1:  # the sessions page: with sessions from several hosts, the verdict across them
+        data["fleet"] = fleet_payload(sessions.select(*session_ids))
     names = ", ".join(session_ids)
     data["title"] = f"leakyspanner report: {names}"
     return data

@@ -30,12 +30,14 @@ from leakyspanner.analysis.paths import short_path, short_site
 from leakyspanner.analysis.stats import downsample, endpoint_table, site_diff
 from leakyspanner.analysis.verdict import Verdict
 from leakyspanner.commands.terminal import printable
+from leakyspanner.errors import MissingExtraError
 from leakyspanner.formatting import format_bytes, format_duration, units
 
 __all__ = [
     "MAX_POINTS",
     "compare_payload",
     "endpoint_distribution",
+    "fleet_payload",
     "growing_line",
     "next_steps",
     "session_detail",
@@ -92,6 +94,7 @@ _LABELS = {
     "retained_bytes_per_call": "retained / call", "low_bytes_per_call": "retained / call, 90% low",
     "high_bytes_per_call": "retained / call, 90% high", "share_of_growth": "share of growth",
     "significant": "leaks?", "errors": "errors (5xx)", "rss_measured": "RSS measured", "size_a": "size A", "size_b": "size B",
+    "median_growth_bytes_per_h": "median RSS growth / h",
     "size_diff_bytes": "growth A→B", "count_a": "blocks A", "count_b": "blocks B", "count_diff": "+ blocks",
 }
 #: Columns whose unit their name does not spell.
@@ -438,3 +441,40 @@ def compare_payload(before: Sessions, before_id: str, after: Sessions, after_id:
                                                    "baseline_rss_bytes", "peak_rss_bytes"))[0]
         sides[name] = {"session": row, "trend": _rss_trend(sessions, sid)}
     return {"fixcheck": check.to_dict(), **sides, "units": units()}
+
+
+def _hosts(sessions: Sessions) -> int:
+    host = sessions.sessions["host"]
+    return int(host.astype(object).where(host.notna(), "unknown").nunique())
+
+
+def fleet_payload(sessions: Sessions) -> dict[str, Any] | None:
+    """The fleet verdict across ``sessions`` (which routes leak on how many hosts, outlier hosts)
+    for the sessions page; None when they all come from one host.
+
+    Computed by :func:`leakyspanner.fleet.fleet_verdict` on the loaded frames (its pandas path);
+    without the fleet extra, ``status`` is ``"unavailable"`` and ``headline`` the pip line.
+    """
+    hosts = _hosts(sessions)
+    if hosts < 2:
+        return None
+    try:
+        from leakyspanner.fleet.verdict import fleet_verdict
+    except MissingExtraError as exc:
+        return {"status": "unavailable", "hosts": hosts, "headline": f"No fleet verdict: {exc}"}
+    verdict = fleet_verdict(sessions)
+    leaking = verdict.leaking_routes
+    routes = pd.DataFrame({
+        "endpoint": (leaking["method"].astype(str) + " " + leaking["route"].astype(str)).astype(object),
+        "method": leaking["method"].astype(object), "route": leaking["route"].astype(object),
+        "hosts_leaking": leaking["hosts_leaking"], "hosts_serving": leaking["hosts_serving"],
+        "sessions_leaking": leaking["sessions_leaking"],
+        "retained_bytes_per_call": leaking["bytes_per_call"].astype(float)})
+    outliers = verdict.outliers
+    outliers = pd.DataFrame({"host": outliers["host"].astype(object), "sessions": outliers["sessions"],
+                             "sessions_leaking": outliers["sessions_leaking"],
+                             "median_growth_bytes_per_h": outliers["median_growth_bytes_per_h"].astype(float)})
+    return {"status": "ok", "hosts": hosts, "sessions": len(verdict.sessions),
+            "sessions_leaking": int(verdict.sessions["leaking"].sum()), "headline": verdict.lines()[0],
+            "growth_threshold_bytes_per_h": verdict.growth_threshold_bytes_per_h,
+            "routes": _table(routes, hidden=("method", "route")), "outliers": _table(outliers)}

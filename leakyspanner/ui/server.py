@@ -35,6 +35,7 @@ from leakyspanner.ui.payloads import (
     MAX_POINTS,
     compare_payload,
     endpoint_distribution,
+    fleet_payload,
     session_detail,
     session_row,
     snapshot_diff,
@@ -125,6 +126,21 @@ def _known_endpoints(sessions: Sessions, session_id: str) -> frozenset[tuple[str
     return frozenset((m, r) for m, r in pairs if isinstance(m, str) and isinstance(r, str))
 
 
+def _combined(parts: list[Sessions]) -> Sessions:
+    """Sessions of several files as one, with the frames the fleet verdict reads (the others empty)."""
+    if len(parts) == 1:
+        return parts[0]
+    read = ("sessions", "samples", "requests", "heap_endpoints")
+    frames = {}
+    for f in fields(Sessions):
+        if f.name == "skipped":
+            continue
+        # empty frames left out: concatenating them is deprecated in pandas and changes no row
+        each = [getattr(p, f.name) for p in parts] if f.name in read else [getattr(parts[0], f.name).iloc[:0]]
+        frames[f.name] = pd.concat([x for x in each if len(x)] or each[:1], ignore_index=True)
+    return Sessions(**frames)
+
+
 @dataclass
 class _Entry:
     """One loaded file and what was computed from it, valid while its (size, mtime) holds.
@@ -177,6 +193,9 @@ class Dashboard:
         self._outside: list[Path] = []
         self._loaders: dict[Path, threading.Lock] = {}
         self._last_scan = clock()
+        # The fleet verdict across every served file: (their paths and stat keys, payload, when, cost).
+        self._fleet_lock = threading.Lock()
+        self._fleet: tuple[Any, dict[str, Any] | None, float, float] | None = None
         if not self.root.exists():
             raise errors.NotALogError(f"{self.root} does not exist: pass a session log file or a directory of them")
         files, self._outside = _session_files(self.root)
@@ -340,6 +359,26 @@ class Dashboard:
         rows.sort(key=lambda r: (r.get("start_ts") or 0, r["session_id"]), reverse=True)
         return {"root": str(self.root), "follow": self.follow, "problems": self.problems, "sessions": rows,
                 "units": units()}
+
+    def fleet(self) -> dict[str, Any] | None:
+        """``/api/fleet``: the fleet verdict across every listed session; None when they come from one host.
+
+        Worked out again when a file changed, but at most every ``max(1 s, 2 x its cost)``
+        (a followed live session changes every second).
+        """
+        self._scan()
+        with self._lock:
+            entries = list({id(e): e for e in self._where.values()}.values())
+        entries = sorted((self._fresh(e) for e in entries), key=lambda e: e.path)
+        key = tuple((e.path, e.key) for e in entries)
+        with self._fleet_lock:
+            cached = self._fleet
+            if cached is not None and (cached[0] == key or self._clock() < cached[2] + max(1.0, 2 * cached[3])):
+                return cached[1]
+            started = time.perf_counter()
+            payload = fleet_payload(_combined([e.sessions for e in entries]))
+            self._fleet = (key, payload, self._clock(), time.perf_counter() - started)
+            return payload
 
     def _row(self, entry: _Entry, session_id: str) -> dict[str, Any]:
         return session_row(entry.sessions, session_id, self._verdict(entry, session_id))
@@ -511,6 +550,9 @@ def create_app(path: str | os.PathLike[str], *, follow: bool = True,
     def sessions(request: Request) -> JSONResponse:
         return JSONResponse(dashboard.sessions())
 
+    def fleet(request: Request) -> JSONResponse:
+        return JSONResponse({"fleet": dashboard.fleet()})
+
     def detail(request: Request) -> Response:
         sid = request.path_params["session_id"]
         since = request.query_params.get("since")
@@ -547,6 +589,7 @@ def create_app(path: str | os.PathLike[str], *, follow: bool = True,
         Route("/", page, methods=["GET"]),
         Route("/static/{name:path}", static, methods=["GET"]),
         Route("/api/sessions", sessions, methods=["GET"]),
+        Route("/api/fleet", fleet, methods=["GET"]),
         Route("/api/sessions/{session_id}", detail, methods=["GET"]),
         Route("/api/sessions/{session_id}/endpoint", endpoint, methods=["GET"]),
         Route("/api/sessions/{session_id}/diff", diff, methods=["GET"]),

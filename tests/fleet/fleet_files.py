@@ -22,14 +22,17 @@ def _record(kind: str, **values: Any) -> dict[str, Any]:
 
 def write_session(directory: Path, sid: str, host: str, start_ts: float, leaks: dict[str, int] | None = None,
                   requests: int = 1500, samples: int = 60, interval_s: float = 60.0, seed: int = 0,
-                  heap: bool = False) -> Path:
-    """A session of ``samples`` samples; ``leaks`` maps a route to the bytes each of its calls keeps."""
+                  heap: bool = False, routes: tuple[tuple[str, str], ...] = ROUTES) -> Path:
+    """A session of ``samples`` samples; ``leaks`` maps a route to the bytes each of its calls keeps.
+
+    ``routes``: four (method, route) pairs, called 30%, 40%, 25% and 5% of the time.
+    """
     rng = np.random.default_rng(seed)
     leaks = leaks or {}
     duration = samples * interval_s
     ts = start_ts + np.sort(rng.uniform(0, duration, requests))
-    route = rng.choice(len(ROUTES), requests, p=[0.3, 0.4, 0.25, 0.05])
-    kept = np.array([leaks.get(ROUTES[r][1], 0) for r in route], dtype=np.int64)
+    route = rng.choice(len(routes), requests, p=[0.3, 0.4, 0.25, 0.05])
+    kept = np.array([leaks.get(routes[r][1], 0) for r in route], dtype=np.int64)
     noise = rng.choice(np.array([-4096, 0, 0, 4096]), requests)
     baseline = 150 * MB
     held = np.cumsum(kept)
@@ -44,10 +47,10 @@ def write_session(directory: Path, sid: str, host: str, start_ts: float, leaks: 
     j = 0
     for s in range(samples):
         t = start_ts + (s + 1) * interval_s
-        live_by_route = {name: 0 for _, name in ROUTES}
+        live_by_route = {name: 0 for _, name in routes}
         while j < requests and ts[j] <= t:
             r = int(route[j])
-            lines.append(json.dumps([schema.REQUEST_TAG, round(float(ts[j]), 4), ROUTES[r][0], ROUTES[r][1],
+            lines.append(json.dumps([schema.REQUEST_TAG, round(float(ts[j]), 4), routes[r][0], routes[r][1],
                                      200, 0.01, int(before[j]), int(before[j] + kept[j] + noise[j]), None, None,
                                      1, 1]))
             j += 1
@@ -55,13 +58,13 @@ def write_session(directory: Path, sid: str, host: str, start_ts: float, leaks: 
         lines.append(json.dumps(_record("sample", ts=t, seq=s, rss_bytes=rss, vms_bytes=rss,
                                         rss_delta_bytes=rss - baseline, requests_total=j, tracing=False)))
         if heap:
-            for r, (_method, name) in enumerate(ROUTES):
+            for r, (_method, name) in enumerate(routes):
                 live_by_route[name] = int(kept[:j][route[:j] == r].sum()) + 50_000
             lines.append(json.dumps(_record(
                 "heap", ts=t, seq=s, engine="sampler", sample_bytes=65536, max_frames=8, live_bytes=sum(
                     live_by_route.values()), live_samples=1, samples_total=1, samples_dropped=0, engine_bytes=1,
                 cost_s=0.001, endpoint_fields=list(schema.HEAP_ENDPOINT_FIELDS),
-                endpoints=[[m, n, live_by_route[n], 1, 1] for m, n in ROUTES], site_fields=list(schema.HEAP_SITE_FIELDS),
+                endpoints=[[m, n, live_by_route[n], 1, 1] for m, n in routes], site_fields=list(schema.HEAP_SITE_FIELDS),
                 sites=[])))
     final = baseline + int(held[-1])
     lines.append(json.dumps(_record("summary", ts=start_ts + duration, duration_s=duration,

@@ -164,6 +164,7 @@
   const serverApi = {
     report: false,
     sessions: () => getJSON("/api/sessions").then(learnUnits),
+    fleet: () => getJSON("/api/fleet"),
     session: (id, since) => getJSON("/api/sessions/" + encodeURIComponent(id) + (since ? "?" + query({since}) : ""))
       .then(learnUnits),
     endpoint: (id, method, route) =>
@@ -177,6 +178,7 @@
     return {
       report: true,
       sessions: () => Promise.resolve({root: data.title, follow: false, problems: [], sessions: data.sessions}),
+      fleet: () => Promise.resolve({fleet: data.fleet || null}),
       session: (id, since) => since ? Promise.resolve(null) :
         (data.details[id] ? Promise.resolve(data.details[id]) : missing("session " + id)),
       endpoint: (id, method, route) => {
@@ -566,9 +568,52 @@
     return "#/session/" + encodeURIComponent(id);
   }
 
+  /** The fleet verdict across the listed sessions (two hosts or more): routes leaking on how many hosts, outliers. */
+  function fleetCard(fleet) {
+    const title = "Across " + exact(fleet.hosts) + " hosts";
+    if (fleet.status !== "ok") {
+      return card(title, "fleet-card", h("p", {class: "muted", "data-testid": "fleet-headline"}, fleet.headline));
+    }
+    const parts = [
+      h("p", {"data-testid": "fleet-headline"}, fleet.headline),
+      h("p", {class: "hint", "data-testid": "fleet-rule"}, "A session counts here when its RSS grows faster than " +
+        fmtBytes(fleet.growth_threshold_bytes_per_h) + "/h after warm-up, and a route when it holds at least a " +
+        "quarter of that growth; the per-session verdicts below weigh more evidence and may call slow growth flat."),
+    ];
+    if (fleet.routes.rows.length) {
+      parts.push(h("h3", null, "Routes that leak, by the number of hosts they leak on"), dataTable({
+        testid: "fleet-routes", rowTestid: "fleet-route", columns: fleet.routes.columns, rows: fleet.routes.rows,
+        rowAttrs: (row) => ({"data-method": row.method, "data-route": row.route})}));
+    } else {
+      parts.push(h("p", {class: "muted", "data-testid": "fleet-no-routes"}, "No route leaks on any host."));
+    }
+    if (fleet.outliers.rows.length) {
+      parts.push(h("h3", null, "Hosts that stand out (median RSS growth far above the fleet's)"), dataTable({
+        testid: "fleet-outliers", rowTestid: "fleet-outlier", columns: fleet.outliers.columns,
+        rows: fleet.outliers.rows, rowAttrs: (row) => ({"data-host": row.host})}));
+    }
+    return card(title, "fleet-card", parts);
+  }
+
+  /** Fills ``slot`` with the fleet card (empty for one host); data-ready="true" once settled. */
+  async function fillFleet(gen, slot) {
+    let content = null;
+    try {
+      const answer = await api.fleet();
+      content = answer && answer.fleet ? fleetCard(answer.fleet) : null;
+    } catch (e) {
+      content = h("p", {class: "muted", "data-testid": "fleet-error"}, "No fleet verdict: " + e.message);
+    }
+    if (gen !== generation) return;
+    slot.replaceChildren(...(content ? [content] : []));
+    slot.dataset.ready = "true";
+  }
+
   async function renderList(gen) {
     const data = await api.sessions();
     if (gen !== generation) return;
+    // Filled when the verdict across hosts arrives; kept across redraws of the list.
+    const fleetSlot = h("div", {"data-testid": "fleet-slot"});
     document.getElementById("root-path").textContent = REPORT ? reportLabel() : data.root || "";
     const rows = data.sessions;
     const draw = (rowsNow) => {
@@ -576,6 +621,7 @@
       if (data.problems && data.problems.length) {
         content.push(h("ul", {class: "problems"}, data.problems.map((p) => h("li", null, p))));
       }
+      content.push(fleetSlot);
       content.push(dataTable({
         testid: "sessions-table", rowTestid: "session-row", columns: LIST_COLUMNS, rows: rowsNow,
         sortKey: "start_ts", sortDir: "desc",
@@ -593,6 +639,7 @@
     };
     draw(rows);
     ready("sessions");
+    fillFleet(gen, fleetSlot);
     if (data.follow && !api.report) {
       let last = JSON.stringify(rows);
       timers.push(setInterval(async () => {
@@ -600,7 +647,7 @@
           const fresh = await api.sessions();
           if (gen !== generation) return;
           const text = JSON.stringify(fresh.sessions);
-          if (text !== last) { last = text; draw(fresh.sessions); }
+          if (text !== last) { last = text; draw(fresh.sessions); fillFleet(gen, fleetSlot); }
         } catch (e) { /* the next poll will try again */ }
       }, POLL_MS));
     }
