@@ -78,8 +78,7 @@ def _build(version: str, level: str, profiler_kw: dict[str, Any]) -> Any:
     module = importlib.import_module(_AS if version == "ref" else "leakyspanner")
     profiler = module.leakyspanner(app, log_path=tempfile.mkdtemp(prefix=f"leakyspanner-ab-{version}-"),
                                    level=level, interval_seconds=3600.0, **profiler_kw)
-    profiler._writer._stopped.set()  # this thread drains, inside each window
-    profiler._writer._thread.join()
+    profiler._writer.ticker.stop()  # this thread drains, inside each window
     app.state.profiler = profiler
     return app
 

@@ -177,8 +177,7 @@ async def _paired(configs: list[str], counts: dict[str, int], rounds: int, seed:
         for app in built.values():
             profiler = app.state.profiler
             if profiler is not None:  # this thread drains, inside each window
-                profiler._writer._stopped.set()
-                profiler._writer._thread.join()
+                profiler._writer.ticker.stop()
             for kind in apps.ENDPOINTS:
                 scope, body = _request(kind)
                 for _ in range(_WARMUP):

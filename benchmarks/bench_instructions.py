@@ -171,8 +171,7 @@ def _build(name: str, log_dir: str, wrap: str | None) -> tuple[Any, Any]:
     # session whatever interval_seconds says, and its records would land in the count at a rate
     # set by the wall clock, which valgrind slows 50-fold; this thread drains the writer's records
     for thread_owner in (profiler._sampler, profiler._writer):
-        thread_owner._stopped.set()
-        thread_owner._thread.join()
+        thread_owner.ticker.stop()
     if getattr(profiler, "_heap", None) is not None:
         # the sampled heap engine samples denser for a session's first minutes, until the sampler
         # thread (stopped here) switches it to the steady gap; measure the steady state

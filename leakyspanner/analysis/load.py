@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ __all__ = ["LoadWarning", "Sessions", "load"]
 
 _Source = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
+#: a nested field's rows, checked: column name -> values (float64 for numbers), and each record's row count
+_RowColumns = tuple[dict[str, Any], list[int]]
 _STR = pd.Series([], dtype="str").dtype  # StringDtype on pandas 3, object on pandas 2
 _MB = 1024 * 1024
 _CHUNK_LINES = 4096
@@ -165,8 +167,34 @@ def _floats(values: Sequence[Any]) -> np.ndarray:
         return floats
 
 
-def _column(values: Sequence[Any], kind: str) -> Any:
+@dataclass(frozen=True)
+class _Coded:
+    """A text column already factorized: ``labels[codes[i]]``, None where the code is -1."""
+
+    codes: np.ndarray
+    labels: list[str]
+
+    def tolist(self) -> list[Any]:
+        values: list[Any] = np.array([*self.labels, None], dtype=object)[self.codes].tolist()  # -1: the None
+        return values
+
+
+def _text_codes(values: Sequence[Any]) -> _Coded:
+    """A column the door found to be text (or None), factorized."""
+    factorized = _factorized_text(values)
+    if factorized is None:
+        raise ValueError("a checked text column holds something other than text or None")
+    return _Coded(*factorized)
+
+
+def _column(values: Any, kind: str) -> Any:
     """One typed column; values of the wrong type become null rather than failing the load."""
+    if isinstance(values, _Coded):
+        if kind == "category":
+            return _category(values.codes, values.labels)
+        if kind == "str":
+            return pd.array(values.labels, dtype=_STR).take(values.codes, allow_fill=True)
+        values = values.tolist()
     if kind == "float":
         return _floats(values)
     if kind == "int":
@@ -182,7 +210,26 @@ def _column(values: Sequence[Any], kind: str) -> Any:
         return np.array(values, dtype=bool)
     if kind == "category":
         return _categorical(values)
+    factorized = _factorized_text(values)
+    if factorized is not None:  # text repeats (files, functions): convert each distinct value once
+        codes, uniques = factorized
+        return pd.array(uniques, dtype=_STR).take(codes, allow_fill=True)
     return pd.array([v if v is None or isinstance(v, str) else str(v) for v in values], dtype=_STR)
+
+
+def _factorized_text(values: Sequence[Any]) -> tuple[np.ndarray, list[str]] | None:
+    """(codes, distinct strings) with None as -1, or None when anything but text and None is there."""
+    objects = np.empty(len(values), dtype=object)
+    objects[:] = values
+    try:
+        codes, uniques = pd.factorize(objects)
+    except TypeError:  # a list or an object: not hashable, so not text
+        return None
+    labels = list(uniques)
+    # factorize also takes NaN as missing: only None may be, so the counts must agree
+    if not all(type(v) is str for v in labels) or int((codes < 0).sum()) != _nones(values):
+        return None
+    return codes, labels
 
 
 def _times(seconds: np.ndarray) -> Any:
@@ -194,8 +241,24 @@ def _times(seconds: np.ndarray) -> Any:
     return pd.DatetimeIndex(stamps.view("datetime64[us]")).tz_localize("UTC").as_unit("ns").array
 
 
+def _nones(values: Sequence[Any]) -> int:
+    return values.count(None) if isinstance(values, (list, tuple)) else sum(v is None for v in values)
+
+
+def _category(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
+    """A categorical with sorted categories from factorized text (None as -1)."""
+    ranked = np.argsort(np.array(labels, dtype=object), kind="stable")
+    remap = np.full(len(labels) + 1, -1, dtype=np.int64)  # the last slot is None's (-1)
+    remap[ranked] = np.arange(len(ranked))
+    categories = pd.Index([labels[i] for i in ranked], dtype=_STR)
+    return pd.Categorical.from_codes(remap[codes] if len(codes) else codes, categories=categories)
+
+
 def _categorical(values: Sequence[Any]) -> pd.Categorical:
-    """A categorical with sorted categories; a dict beats pandas' factorize on a million strings."""
+    """A categorical with sorted categories."""
+    factorized = _factorized_text(values)
+    if factorized is not None:
+        return _category(*factorized)
     lookup: dict[Any, int] = {}
     codes = np.array([lookup.setdefault(v, len(lookup)) for v in values], dtype=np.int64)
     labels = list(lookup)
@@ -417,9 +480,49 @@ def _summed(problems: list[tuple[Any, str]], total: int, noun: str) -> str | Non
     return f"{noun} {where!r}: {why}{more}" if noun == "key" else f"{noun} {where}: {why}{more}"
 
 
-def _admit_records(records: list[Any], numbers: list[int],
-                   skipped: list[tuple[int, str]]) -> tuple[list[dict[str, Any]], list[int]]:
-    """The records that have a kind (and their lines), each field of a known kind checked against its type."""
+def _clean_rows(values: list[Any], names: list[Any], checks: dict[str, Any]) -> _RowColumns | None:
+    """The rows of one field of many records as checked columns, or None unless every row is clean.
+
+    Clean: the record names no columns of its own (or the schema's), each row is a list of that
+    width, and every cell passes its column's check, so the per-row check would change nothing.
+    A heap record holds hundreds of rows and a day millions: one pass per column, not per cell.
+    """
+    default = list(checks)
+    if any(n is not None and n != default for n in names) or any(v is not None and type(v) is not list
+                                                                 for v in values):
+        return None
+    counts = [0 if v is None else len(v) for v in values]
+    rows = list(chain.from_iterable(v for v in values if v))
+    if set(map(type, rows)) - {list} or set(map(len, rows)) - {len(default)}:
+        return None
+    transposed = list(zip(*rows)) if rows else [() for _ in default]
+    columns: dict[str, Any] = {}
+    for name, column in zip(default, transposed):
+        kind = checks[name]
+        if not isinstance(kind, str):
+            return None
+        columns[name], problems = _checked(column, kind)
+        if problems:
+            return None
+    return columns, counts
+
+
+def _same_keys(records: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]] | None:
+    """Records' values by key in one pass when all hold the same keys in the same order (a writer's
+    records of one kind do), else None."""
+    if not records or len(set(map(tuple, records))) != 1:
+        return None
+    return dict(zip(records[0], zip(*map(dict.values, records))))
+
+
+def _admit_records(records: list[Any], numbers: list[int], skipped: list[tuple[int, str]],
+                   row_columns: dict[tuple[str, str], _RowColumns] | None = None,
+                   scalars: dict[tuple[str, str], Any] | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records that have a kind (and their lines), each field of a known kind checked against its type.
+
+    Given ``scalars``, each scalar field's checked values (float64 for numbers) are kept there,
+    keyed by (kind, field); given ``row_columns``, so are row fields found clean, as columns.
+    """
     kept, kept_numbers = [], []
     for record, number in zip(records, numbers):
         if isinstance(record.get("kind"), str):
@@ -431,15 +534,26 @@ def _admit_records(records: list[Any], numbers: list[int],
     for i, record in enumerate(kept):
         by_kind.setdefault(record["kind"], []).append(i)
     for kind, where in by_kind.items():
+        same_keys = _same_keys([kept[i] for i in where])
         for name, field_type in _FIELD_TYPES.get(kind, {}).items():
             if name == "kind":
                 continue
             if isinstance(field_type, str):
-                _, problems = _checked([kept[i].get(name) for i in where], field_type)
+                values = same_keys.get(name) if same_keys is not None else None
+                checked, problems = _checked(values if values is not None else [kept[i].get(name) for i in where],
+                                             field_type)
                 for j, why in problems:
                     kept[where[j]][name] = None
                     skipped.append((kept_numbers[where[j]], f"{kind} {name}: {why}"))
+                if scalars is not None:
+                    scalars[(kind, name)] = checked
                 continue
+            if field_type[0] == "rows" and row_columns is not None:
+                clean = _clean_rows([kept[i].get(name) for i in where],
+                                    [kept[i].get(field_type[1]) for i in where], field_type[2])
+                if clean is not None:
+                    row_columns[(kind, name)] = clean
+                    continue
             for i in where:
                 value = kept[i].get(name)
                 if value is not None:
@@ -463,7 +577,8 @@ def _admit(parsed: _Parsed) -> None:
     """Check a parsed session at the door: header, records and requests."""
     header = {**parsed.header, "kind": "header"}  # the human log's header has no kind of its own
     parsed.header = _admit_records([header], [parsed.header_line], parsed.skipped)[0][0]
-    parsed.records, parsed.record_lines = _admit_records(parsed.records, parsed.record_lines, parsed.skipped)
+    parsed.records, parsed.record_lines = _admit_records(parsed.records, parsed.record_lines, parsed.skipped,
+                                                         parsed.row_columns, parsed.scalars)
     _admit_requests(parsed.requests, parsed.request_lines, parsed.skipped)
     parsed.skipped.sort()
 
@@ -482,6 +597,10 @@ class _Parsed:
     header_line: int = 1
     record_lines: list[int] = field(default_factory=list)
     request_lines: Sequence[int] | np.ndarray = ()
+    #: (kind, field) -> the clean rows of that field, per column, and each record's row count
+    row_columns: dict[tuple[str, str], _RowColumns] = field(default_factory=dict)
+    #: (kind, field) -> that scalar field's checked values, one per record of the kind
+    scalars: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 def _loads_or_none(line: bytes) -> Any:
@@ -518,6 +637,27 @@ def _request_rows(lines: list[bytes], is_request: list[bool]) -> tuple[list[Any]
             else:
                 skipped.append((number, "not valid JSON"))
     return rows, np.array(kept, dtype=np.int64), skipped
+
+
+def _objects(lines: list[bytes]) -> list[Any]:
+    """Each line's JSON value (None when it is not JSON), in one ``loads`` call when every line is an object."""
+    try:
+        values: list[Any] = _loads(b"[" + b",".join(lines) + b"]")
+        if len(values) == len(lines) and set(map(type, values)) <= {dict}:  # else a line held two values
+            return values
+    except (ValueError, TypeError):
+        pass
+    out: list[Any] = []
+    for start in range(0, len(lines), _CHUNK_LINES):
+        chunk = lines[start:start + _CHUNK_LINES]
+        try:
+            parsed = _loads(b"[" + b",".join(chunk) + b"]")
+        except (ValueError, TypeError):
+            parsed = None
+        if parsed is None or len(parsed) != len(chunk) or not set(map(type, parsed)) <= {dict}:
+            parsed = [_loads_or_none(line) for line in chunk]
+        out += parsed
+    return out
 
 
 def _header_problem(path: Path, header: Any, number: int) -> errors.LeakyspannerError | None:
@@ -560,11 +700,9 @@ def _parse_jsonl(path: Path, data: bytes) -> list[_Parsed]:
     records: list[dict[str, Any]] = []
     record_lines: list[int] = []
     headers: list[tuple[int, dict[str, Any]]] = [(first + 1, header)]
-    for index in np.flatnonzero(~np.array(is_request, dtype=bool)).tolist():
-        line, number = lines[index], index + 1
-        if not line.strip():
-            continue
-        record = _loads_or_none(line)
+    indices = [i for i in np.flatnonzero(~np.array(is_request, dtype=bool)).tolist() if lines[i].strip()]
+    for index, record in zip(indices, _objects([lines[i] for i in indices])):
+        number = index + 1
         if isinstance(record, dict) and record.get("kind") == "header":
             if record.get("format") != schema.FORMAT_NAME:
                 skipped.append((number, f"a header without format {schema.FORMAT_NAME!r}"))
@@ -693,11 +831,28 @@ def _heap_values(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
+def _labels(left: _Coded, right: np.ndarray, *, optional: bool) -> _Coded:
+    """``f"{left}:{int(right)}"`` per row (None, or NaN on the right, shown as None; None when
+    ``optional`` and the left is missing), formatted once per distinct pair."""
+    right_codes, right_values = pd.factorize(right)  # NaN is -1
+    width = len(right_values) + 1
+    keys, inverse = np.unique((left.codes + 1) * width + right_codes + 1, return_inverse=True)
+    distinct: dict[str, int] = {}
+    codes = []
+    for key in keys.tolist():
+        i, j = divmod(key, width)
+        text = left.labels[i - 1] if i else None
+        missing = optional and text is None
+        codes.append(-1 if missing else distinct.setdefault(f"{text}:{int(right_values[j - 1]) if j else None}",
+                                                            len(distinct)))
+    return _Coded(np.array(codes, dtype=np.int64)[inverse.reshape(-1)], list(distinct))
+
+
 class _Collector:
     """Accumulates raw column lists across files; frames are typed once, at the end."""
 
     def __init__(self) -> None:
-        self.raw: dict[str, dict[str, list[Any]]] = {name: {column: [] for column, _, _ in spec}
+        self.raw: dict[str, dict[str, Any]] = {name: {column: [] for column, _, _ in spec}
                                                      for name, spec in _SPECS.items()}
         self.requests: list[pd.DataFrame] = []
         self._request_ts: Any = np.empty(0)  # the last session's request start times (finite)
@@ -707,14 +862,72 @@ class _Collector:
         for column, store in self.raw[frame].items():
             store.append(values.get(column))
 
-    def _record(self, frame: str, sid: str, start_ts: Any, record: dict[str, Any]) -> None:
-        ts = record.get("ts")
+    def _records(self, frame: str, sid: str, start_ts: Any, records: list[dict[str, Any]],
+                 checked: dict[str, Any]) -> None:
+        """One row per record, a column at a time; ``checked`` holds fields' values from the door."""
+        raw = self.raw[frame]
         for column, _, key in _SPECS[frame]:
-            if key is not None:
-                self.raw[frame][column].append(_value(record, key))
-        self.raw[frame]["session_id"].append(sid)
-        self.raw[frame]["elapsed_s"].append(_minus(ts, start_ts))
-        self.raw[frame]["time"].append(None)  # filled from ts when typed
+            if isinstance(key, tuple):
+                raw[column] += [_value(record, key) for record in records]
+            elif isinstance(given := checked.get(key), (np.ndarray, list, tuple)) and len(given) == len(records):
+                raw[column] += given.tolist() if isinstance(given, np.ndarray) else given
+            elif key is not None:
+                raw[column] += [record.get(key) for record in records]
+        raw["session_id"] += repeat(sid, len(records))
+        raw["elapsed_s"] += [_minus(record.get("ts"), start_ts) for record in records]
+        raw["time"] += repeat(None, len(records))  # filled from ts when typed
+
+    def _add_heap_rows(self, frame: str, sid: str, start_ts: Any, heaps: list[dict[str, Any]],
+                       name: str, fields_name: str, default: Sequence[str]) -> None:
+        """A heap record's rows one at a time: for rows the door found something wrong with."""
+        self._lists(frame)
+        for heap in heaps:
+            ts, seq = heap.get("ts"), heap.get("seq")
+            common = {"session_id": sid, "heap_seq": seq, "ts": ts, "elapsed_s": _minus(ts, start_ts)}
+            names = _names(heap.get(fields_name), default)
+            for row in _rows(heap.get(name)):
+                values = _heap_values(names, row)
+                if frame == "heap_sites":
+                    values["site"] = f"{values.get('file')}:{values.get('line')}"
+                    values["app_site"] = (f"{values.get('app_file')}:{values.get('app_line')}"
+                                          if values.get("app_file") is not None else None)
+                self._row(frame, {**values, **common})
+
+    def _add_heap_columns(self, frame: str, sid: str, start_ts: Any, heaps: list[dict[str, Any]],
+                          clean: _RowColumns) -> None:
+        """Clean heap rows a column at a time: the same values :meth:`_add_heap_rows` gives, without a
+        Python step per row (a day of heap records holds millions of them)."""
+        columns, counts = clean
+        n = sum(counts)
+        values: dict[str, Any] = {"session_id": [sid] * n}
+        for name, column in columns.items():
+            if isinstance(column, np.ndarray):  # counts, checked <= 2**53; the frame keeps them below
+                values[name] = np.where(column < 2.0 ** 53, column, np.nan)
+            else:  # checked text: factorized once, for the labels below and the typed column
+                values[name] = _text_codes(column)
+        if frame == "heap_sites":
+            values["site"] = _labels(values["file"], columns["line"], optional=False)
+            values["app_site"] = _labels(values["app_file"], columns["app_line"], optional=True)
+        ts = [heap.get("ts") for heap in heaps]
+        for name, given in (("heap_seq", [heap.get("seq") for heap in heaps]), ("ts", ts),
+                            ("elapsed_s", [_minus(t, start_ts) for t in ts])):
+            values[name] = np.repeat(np.array(given, dtype=np.float64), counts)  # checked numbers or None
+        raw = self.raw[frame]
+        if not len(raw["session_id"]):  # the frame's first rows: kept as they are, typed at build
+            for column in raw:
+                raw[column] = values.get(column, [None] * n)
+            return
+        for column, store in self._lists(frame).items():
+            given = values.get(column, [None] * n)
+            store += given.tolist() if isinstance(given, (np.ndarray, _Coded)) else given
+
+    def _lists(self, frame: str) -> dict[str, list[Any]]:
+        """The frame's raw columns as lists to append to (:meth:`_add_heap_columns` may have left arrays)."""
+        raw = self.raw[frame]
+        for column, store in raw.items():
+            if not isinstance(store, list):
+                raw[column] = store.tolist() if isinstance(store, (np.ndarray, _Coded)) else list(store)
+        return raw
 
     def add(self, path: Path, parsed: _Parsed) -> None:
         header = parsed.header
@@ -726,9 +939,18 @@ class _Collector:
         for record in parsed.records:
             by_kind.setdefault(record.get("kind"), []).append(record)
         for kind, frame in _RECORD_FRAMES.items():
-            for record in by_kind.get(kind, ()):
-                self._record(frame, sid, start_ts, record)
+            self._records(frame, sid, start_ts, by_kind.get(kind, []),
+                          {name: values for (of, name), values in parsed.scalars.items() if of == kind})
         self._add_details(sid, start_ts, by_kind)
+        heaps = by_kind.get("heap", [])
+        for name, frame, fields_name, default in (
+                ("endpoints", "heap_endpoints", "endpoint_fields", schema.HEAP_ENDPOINT_FIELDS),
+                ("sites", "heap_sites", "site_fields", schema.HEAP_SITE_FIELDS)):
+            clean = parsed.row_columns.get(("heap", name))
+            if clean is not None:
+                self._add_heap_columns(frame, sid, start_ts, heaps, clean)
+            else:
+                self._add_heap_rows(frame, sid, start_ts, heaps, name, fields_name, default)
         n_requests, last_request_ts = self._add_requests(sid, start_ts, parsed.requests)
         self._add_session(path, sid, parsed, by_kind, n_requests, last_request_ts)
         self.skipped += [(str(path), number, reason) for number, reason in parsed.skipped]
@@ -753,19 +975,6 @@ class _Collector:
                 self._row("traces", {**common, "rank": rank, "size_bytes": trace.get("size_bytes"),
                                      "count": trace.get("count"), "site": labels[0] if labels else None,
                                      "traceback": " <- ".join(labels) if labels else None})
-        for heap in by_kind.get("heap", ()):
-            ts, seq = heap.get("ts"), heap.get("seq")
-            common = {"session_id": sid, "heap_seq": seq, "ts": ts, "elapsed_s": _minus(ts, start_ts)}
-            names = _names(heap.get("endpoint_fields"), schema.HEAP_ENDPOINT_FIELDS)
-            for row in _rows(heap.get("endpoints")):
-                self._row("heap_endpoints", {**_heap_values(names, row), **common})
-            names = _names(heap.get("site_fields"), schema.HEAP_SITE_FIELDS)
-            for row in _rows(heap.get("sites")):
-                values = _heap_values(names, row)
-                app = (f"{values.get('app_file')}:{values.get('app_line')}"
-                       if values.get("app_file") is not None else None)
-                self._row("heap_sites", {**values, **common, "site": f"{values.get('file')}:{values.get('line')}",
-                                         "app_site": app})
         for routes in by_kind.get("routes", ())[-1:]:
             for route in _rows_of_dicts(routes.get("routes")):
                 self._row("routes", {**_route_values(route), "session_id": sid})
@@ -1024,6 +1233,27 @@ def _file_bytes(found: tuple[Path, bool]) -> float:
         return 0.0
 
 
+def _load_all(found: list[tuple[Path, bool]]) -> Sessions:
+    collector = _Collector()
+    # a bar (by bytes) only on a terminal or in a notebook, and only after half a second
+    for path, explicit in progress(found, "loading", unit="files", weight=_file_bytes):
+        try:
+            used, parts = _parse_or_fall_back(path, collector.skipped)
+        except errors.NotALogError as exc:
+            if explicit:
+                raise
+            if path.name.startswith(schema.STEM_PREFIX):  # ours by name, yet unreadable: say so
+                collector.skipped.append((str(path), 1, str(exc).removeprefix(f"{path} ")))
+            continue
+        while parts:  # each session's records go as soon as they are collected
+            collector.add(used, parts.pop(0))
+    if not collector.raw["sessions"]["session_id"]:
+        where = ", ".join(sorted({str(path.parent) for path, _ in found}))
+        raise errors.NotALogError(f"no leakyspanner session found in {where}: "
+                                  f"{len(found)} file(s) looked at, none is a leakyspanner log")
+    return collector.build()
+
+
 def load(source: _Source, *, warn: bool = True) -> Sessions:
     """Load sessions from a file, a directory, a glob, or a list of them.
 
@@ -1043,26 +1273,10 @@ def load(source: _Source, *, warn: bool = True) -> Sessions:
         from leakyspanner.fleet import read_parquet  # the fleet extra, imported only for a dataset
 
         return read_parquet(dataset)
-    collector = _Collector()
     with _gc_paused():
-        found = _collect(source)
-        # a bar (by bytes) only on a terminal or in a notebook, and only after half a second
-        for path, explicit in progress(found, "loading", unit="files", weight=_file_bytes):
-            try:
-                used, parts = _parse_or_fall_back(path, collector.skipped)
-            except errors.NotALogError as exc:
-                if explicit:
-                    raise
-                if path.name.startswith(schema.STEM_PREFIX):  # ours by name, yet unreadable: say so
-                    collector.skipped.append((str(path), 1, str(exc).removeprefix(f"{path} ")))
-                continue
-            for parsed in parts:
-                collector.add(used, parsed)
-        if not collector.raw["sessions"]["session_id"]:
-            where = ", ".join(sorted({str(path.parent) for path, _ in found}))
-            raise errors.NotALogError(f"no leakyspanner session found in {where}: "
-                                      f"{len(found)} file(s) looked at, none is a leakyspanner log")
-        sessions = collector.build()
+        # Everything parsed is freed inside: re-enabled with millions of young containers still
+        # alive, the collector's first pass would walk them all.
+        sessions = _load_all(_collect(source))
     if warn and sessions.skipped:
         _warn(sessions.skipped)
     return sessions

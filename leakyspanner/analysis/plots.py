@@ -8,8 +8,8 @@ with a "no data" note when there is nothing to draw. The numbers come from
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import matplotlib
 import numpy as np
@@ -35,6 +35,29 @@ _NO_DATA = "no data"
 # Axes.boxplot/violinplot took ``orientation`` in 3.10 and deprecated ``vert``.
 _HORIZONTAL = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
                else {"vert": False})
+
+
+#: Docstring pieces the plot functions share, as ``%(name)s`` in their docstrings
+#: (the way seaborn shares its parameter documentation).
+_DOCS = {
+    "sessions": """sessions : Sessions
+        Loaded sessions (:func:`leakyspanner.analysis.load`).
+    session_ids : str or sequence of str, optional
+        The sessions to draw; all of them by default.""",
+    "returns": """Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on (with a "no data" note when there is nothing to draw).""",
+}
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _shared_doc(fn: _F) -> _F:
+    doc = fn.__doc__ or ""
+    for name, text in _DOCS.items():
+        doc = doc.replace(f"%({name})s", text)
+    fn.__doc__ = doc
+    return fn
 
 
 def _style(defaults: dict[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,6 +118,7 @@ def _session_value(sessions: Sessions, session_id: str, column: str) -> float:
     return float(values.iloc[0]) if len(values) else float("nan")
 
 
+@_shared_doc
 def plot_rss_trend(sessions: Sessions, *, session_ids: str | Sequence[str] | None = None, traced: bool = True,
                    smooth_window: int | None = None, show_baseline: bool = True, show_threshold: bool = True,
                    show_alerts: bool = True, time_range: tuple[float | None, float | None] | None = None,
@@ -108,10 +132,7 @@ def plot_rss_trend(sessions: Sessions, *, session_ids: str | Sequence[str] | Non
 
     Parameters
     ----------
-    sessions : Sessions
-        Loaded sessions (:func:`leakyspanner.analysis.load`).
-    session_ids : str or sequence of str, optional
-        The sessions to draw; all of them by default.
+    %(sessions)s
     traced : bool, default True
         Draw traced memory (dashed) where the session recorded it.
     smooth_window : int, optional
@@ -128,10 +149,7 @@ def plot_rss_trend(sessions: Sessions, *, session_ids: str | Sequence[str] | Non
         Passed to :meth:`matplotlib.axes.Axes.plot` for the RSS lines
         (``lw``, ``alpha``, ``color``...), over leakyspanner's own styling.
 
-    Returns
-    -------
-    matplotlib.axes.Axes
-        The Axes drawn on (with a "no data" note when there is nothing to draw).
+    %(returns)s
 
     See Also
     --------
@@ -209,6 +227,7 @@ def _violins(ax: Axes, values: list[np.ndarray], positions: list[int], kwargs: M
             ax.plot([v[0]], [p], marker="|", markersize=20, color="C0")
 
 
+@_shared_doc
 def plot_endpoint_deltas(sessions: Sessions, *, session_id: str | None = None, routes: Sequence[str] | None = None,
                          kind: str = "box", max_endpoints: int = 12, scale: str = "symlog",
                          ax: Axes | None = None, **kwargs: Any) -> Axes:
@@ -240,10 +259,7 @@ def plot_endpoint_deltas(sessions: Sessions, *, session_id: str | None = None, r
         :meth:`~matplotlib.axes.Axes.violinplot` or :meth:`~matplotlib.axes.Axes.hist`
         (by ``kind``), over leakyspanner's own styling.
 
-    Returns
-    -------
-    matplotlib.axes.Axes
-        The Axes drawn on (with a "no data" note when there is nothing to draw).
+    %(returns)s
 
     Raises
     ------
@@ -351,6 +367,7 @@ def plot_site_diff(sessions: Sessions, snapshot_a: int, snapshot_b: int, *, sess
     return ax
 
 
+@_shared_doc
 def plot_session_comparison(sessions: Sessions, *, session_ids: str | Sequence[str] | None = None,
                             metric: str = "rss_bytes", labels: Mapping[str, str] | None = None,
                             ax: Axes | None = None, **kwargs: Any) -> Axes:
@@ -363,10 +380,7 @@ def plot_session_comparison(sessions: Sessions, *, session_ids: str | Sequence[s
 
     Parameters
     ----------
-    sessions : Sessions
-        Loaded sessions (:func:`leakyspanner.analysis.load`).
-    session_ids : str or sequence of str, optional
-        The sessions to draw; all of them by default.
+    %(sessions)s
     metric : {"rss_bytes", "traced_bytes", "vms_bytes"}, default "rss_bytes"
         RSS above the header's baseline, or traced memory or VMS above the first sample.
     labels : mapping of str to str, optional
@@ -377,10 +391,7 @@ def plot_session_comparison(sessions: Sessions, *, session_ids: str | Sequence[s
         Passed to :meth:`matplotlib.axes.Axes.plot` for the growth curves
         (``lw``, ``alpha``...), over leakyspanner's own styling.
 
-    Returns
-    -------
-    matplotlib.axes.Axes
-        The Axes drawn on (with a "no data" note when there is nothing to draw).
+    %(returns)s
 
     See Also
     --------

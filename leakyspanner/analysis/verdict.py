@@ -6,11 +6,10 @@ web UI can read a verdict without caring how it was computed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import numpy as np
+from .jsonvalue import json_value
 
 __all__ = [
     "EndpointAttribution",
@@ -29,22 +28,9 @@ TrendStatus = Literal["leaking", "plateau", "sawtooth", "flat", "not enough data
 VerdictStatus = Literal["leaking", "possible leak", "plateau", "sawtooth", "no leak", "not enough data"]
 
 
-def _clean(value: Any) -> Any:
-    """NaN/inf become None so the dict is valid JSON."""
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 class _Dict:
     def to_dict(self) -> dict[str, Any]:
-        return _clean(asdict(self))  # type: ignore[call-overload, no-any-return]
+        return json_value(asdict(self))  # type: ignore[call-overload, no-any-return]
 
 
 @dataclass

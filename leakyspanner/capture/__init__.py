@@ -1,4 +1,4 @@
-"""The capture side: standard library only (psutil where /proc is absent)."""
+"""The capture side's public names; owns no state (standard library only, psutil where /proc is absent)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-/* leakyspanner.capture._heap: a sampled heap profiler engine.
+/* leakyspanner.capture._heap owns the allocator hooks and the table of live sampled allocations (global, under the GIL,
+ * written by whichever thread allocates).
+ *
+ * A sampled heap profiler engine.
  *
  * Hooks the MEM and OBJ allocator domains, chaining to whatever allocators are
  * in place (pymalloc, the debug hooks, tracemalloc). Allocations are sampled by
@@ -206,6 +209,23 @@ index_bytes(const id_index_t *ix)
     return ix->slots ? (ix->mask + 1) * sizeof(uint64_t) : 0;
 }
 
+/* The next id in ix stored under hash, probing on from slot *j (start at hash & ix->mask);
+   UINT32_MAX at the first empty slot, where the probe for hash ends. Ids are below
+   MAX_FRAME_RECORDS and MAX_STACKS, so UINT32_MAX is never one. */
+static inline uint32_t
+index_next(const id_index_t *ix, uint32_t hash, size_t *j)
+{
+    for (;; *j = (*j + 1) & ix->mask) {
+        uint64_t v = ix->slots[*j];
+        if (v == 0)
+            return UINT32_MAX;
+        if ((uint32_t)(v >> 32) == hash) {
+            *j = (*j + 1) & ix->mask;
+            return (uint32_t)v - 1;
+        }
+    }
+}
+
 /* Keeps the load at most 1/2; -1 when memory is short (the index stays usable). */
 static int
 index_insert(id_index_t *ix, uint32_t hash, uint32_t id)
@@ -255,15 +275,11 @@ static uint32_t
 intern_frame(PyObject *code, int addr)
 {
     uint32_t hash = (uint32_t)mix64((uintptr_t)code ^ ((uint64_t)(uint32_t)addr << 40));
-    for (size_t j = hash & g_frame_index.mask;; j = (j + 1) & g_frame_index.mask) {
-        uint64_t v = g_frame_index.slots[j];
-        if (v == 0)
-            break;
-        if ((uint32_t)(v >> 32) != hash)
-            continue;
-        frame_rec_t *f = &g_frames[(uint32_t)v - 1];
+    size_t j = hash & g_frame_index.mask;
+    for (uint32_t id; (id = index_next(&g_frame_index, hash, &j)) != UINT32_MAX;) {
+        const frame_rec_t *f = &g_frames[id];
         if (f->code == code && f->addr == addr)
-            return (uint32_t)v - 1;
+            return id;
     }
     if (g_nframes >= MAX_FRAME_RECORDS)
         return UINT32_MAX;
@@ -316,15 +332,11 @@ intern_stack(const uint32_t *ids, uint32_t n)
     for (uint32_t i = 0; i < n; i++)
         h = mix64(h ^ ids[i]);
     uint32_t hash = (uint32_t)h;
-    for (size_t j = hash & g_stack_index.mask;; j = (j + 1) & g_stack_index.mask) {
-        uint64_t v = g_stack_index.slots[j];
-        if (v == 0)
-            break;
-        if ((uint32_t)(v >> 32) != hash)
-            continue;
-        stack_rec_t *s = g_stacks[(uint32_t)v - 1];
+    size_t j = hash & g_stack_index.mask;
+    for (uint32_t id; (id = index_next(&g_stack_index, hash, &j)) != UINT32_MAX;) {
+        const stack_rec_t *s = g_stacks[id];
         if (s->nframes == n && memcmp(s->frame_ids, ids, n * sizeof(uint32_t)) == 0)
-            return (uint32_t)v - 1;
+            return id;
     }
     if (g_nstacks >= MAX_STACKS)
         goto dropped;

@@ -1,4 +1,6 @@
-/* leakyspanner.capture._reqpath: the middleware's per-request bookkeeping in C.
+/* leakyspanner.capture._reqpath owns each request's state while it runs (Exchange), on the event loop's thread.
+ *
+ * The middleware's per-request bookkeeping in C.
  *
  * The same work as middleware.py's pure-Python _Exchange, without its bytecode:
  * RequestPath.enter(scope, send) opens a request (in-flight count, clock, the

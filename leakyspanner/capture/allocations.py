@@ -1,4 +1,6 @@
-"""tracemalloc snapshots grouped by allocation site, cheaply, off the GIL where it pays.
+"""Owns ``SiteTracker``: tracemalloc snapshots and the previous one's grouping, written by the sampler thread only.
+
+tracemalloc snapshots grouped by allocation site, cheaply, off the GIL where it pays.
 
 ``tracemalloc.take_snapshot()`` copies every live trace while holding the GIL:
 about 0.3 µs per block, so 100k blocks stall the event loop ~30 ms and 1M

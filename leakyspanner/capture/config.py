@@ -1,4 +1,6 @@
-"""Every capture parameter, spelled once: names, defaults, checks, environment variables.
+"""Owns ``CaptureConfig``, every capture parameter: frozen once built at attach time, read by every thread.
+
+Every capture parameter, spelled once: names, defaults, checks, environment variables.
 
 ``CaptureConfig`` is frozen and validates itself, so a bad value fails where it
 is given (attach time), naming the valid values. ``CaptureConfig.resolve``
@@ -73,40 +75,43 @@ def _field(default: _T, doc: str) -> _T:
 class CaptureConfig:
     """The parameters of a capture session, each with its default and documentation."""
 
+    # the session: whether, where, how deep, what it never sees
     enabled: bool = _field(True,
         'False leaves the app exactly as it was (no middleware, no thread); strings "1/true/yes/on" and "0/false/no/off" (any case) are accepted too')
     log_path: str = _field("./leakyspanner_logs",
         'the directory the ``.log`` and ``.jsonl`` files go to (created if missing)')
     level: str = _field("mid",
         '``basic``, ``mid``, ``deep`` or ``auto`` (see the level table)')
+    exclude_paths: tuple[str, ...] = _field((),
+        'exact request paths (``/health``) and prefixes (``/static/``, ``/metrics*``) capture never sees')
+    # memory samples and request records
     interval_seconds: float = _field(5.0,
         'seconds between memory samples (the first minute samples every second at most)')
     leak_threshold_mb: float = _field(50.0,
         "RSS growth above the process baseline that raises the growth alert (and starts auto's window)")
-    top_stats_count: int = _field(10,
-        'allocation sites kept per snapshot')
-    exclude_paths: tuple[str, ...] = _field((),
-        'exact request paths (``/health``) and prefixes (``/static/``, ``/metrics*``) capture never sees')
-    snapshot_interval_seconds: float | None = _field(None,
-        'seconds between allocation snapshots (default: interval_seconds)')
-    snapshot_cpu_budget: float = _field(0.02,
-        'the share of one CPU allocation snapshots may take')
-    auto_window_seconds: float | None = _field(None,
-        'how long auto level traces once triggered (default: 10 intervals)')
-    max_buffered_records: int = _field(50_000,
-        'request records waiting for the writer before new ones are dropped (and counted)')
-    snapshot_mode: str = _field("auto",
-        'where tracemalloc snapshots are taken: ``auto``, ``fork`` or ``inline``')
-    traceback_frames: int | None = _field(None,
-        'tracemalloc frames per traceback, 1-100 (default 1; deep 5)')
     request_rss_interval_seconds: float = _field(0.005,
         'about one request per this many seconds has RSS read and a record written (0: every request)')
+    request_path: str = _field("auto",
+        'the per-request bookkeeping: ``auto`` (the C extension where it is built), ``c`` or ``python``')
+    max_buffered_records: int = _field(50_000,
+        'request records waiting for the writer before new ones are dropped (and counted)')
+    # allocation sites: the sampled heap engine, or tracemalloc snapshots
     allocator: str = _field("auto",
         'the engine that finds allocation sites: ``auto``, ``sampler`` or ``tracemalloc``')
     sample_bytes: int | None = _field(None,
         "the sampled heap engine's mean bytes between samples (default 256 KiB; deep 32 KiB)")
-    request_path: str = _field("auto",
-        'the per-request bookkeeping: ``auto`` (the C extension where it is built), ``c`` or ``python``')
+    top_stats_count: int = _field(10,
+        'allocation sites kept per snapshot')
+    snapshot_interval_seconds: float | None = _field(None,
+        'seconds between allocation snapshots (default: interval_seconds)')
+    snapshot_mode: str = _field("auto",
+        'where tracemalloc snapshots are taken: ``auto``, ``fork`` or ``inline``')
+    snapshot_cpu_budget: float = _field(0.02,
+        'the share of one CPU allocation snapshots may take')
+    traceback_frames: int | None = _field(None,
+        'tracemalloc frames per traceback, 1-100 (default 1; deep 5)')
+    auto_window_seconds: float | None = _field(None,
+        'how long auto level traces once triggered (default: 10 intervals)')
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalising a frozen instance, once, here

@@ -1,4 +1,7 @@
-"""The sampled heap engine's Python face: whether the C extension is usable, its defaults, and its calls."""
+"""Owns the process's handle on the ``_heap`` C engine: loaded (or why not) once at import, started and stopped by heapsites.
+
+The sampled heap engine's Python face: whether the C extension is usable, its defaults, and its calls.
+"""
 
 from __future__ import annotations
 

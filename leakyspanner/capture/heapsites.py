@@ -1,5 +1,7 @@
-"""Owns the sampled heap engine for a session: starting it, tagging requests, and
-turning its live samples into ``heap`` records grouped by endpoint and site.
+"""Owns a session's use of the sampled heap engine (started by the profiler) and its ``heap`` records (sampler thread).
+
+Starting the engine, tagging requests, and turning its live samples into
+``heap`` records grouped by endpoint and site.
 
 The engine (``_heap``, C) samples allocations by bytes and remembers, for each
 sampled allocation still alive, its Python stack and the request it was made

@@ -1,6 +1,6 @@
-"""Formats the lines of the human ``.log`` from the one table of its line formats, :data:`schema.LOG_LINES`.
+"""Owns no state: formats the human ``.log`` lines, on the writer thread, from :data:`schema.LOG_LINES`.
 
-The formats are leakyspanner 0.1.x's, kept for grep habits; the reader
+The formats, one table of them, are leakyspanner 0.1.x's, kept for grep habits; the reader
 (``analysis/legacy.py``) matches the same table. Every string that may come
 from outside (routes, methods, file names) goes through :func:`one_line`
 first, so a ``%0A`` in a path can never start a new line. Runs on the writer

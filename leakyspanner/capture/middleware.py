@@ -1,4 +1,6 @@
-"""The pure ASGI middleware: watches each request, changes nothing.
+"""Owns each request's state while it runs (``_Exchange``), written on the event loop's thread only.
+
+The pure ASGI middleware: watches each request, changes nothing.
 
 Per-request state lives in one slotted object that is also the app's
 ``send``. The request path reads the clock, adds the request to its endpoint's
@@ -103,17 +105,17 @@ class _Exchange:
     costs a traceback capture on the request path.
     """
 
-    __slots__ = ("p", "send", "scope", "method", "root_before", "t0", "rss0", "tr0", "in0", "status", "done",
-                 "tag")
-    p: Profiler
+    __slots__ = ("profiler", "send", "scope", "method", "root_before", "t0", "rss0", "traced0", "inflight0",
+                 "status", "done", "tag")
+    profiler: Profiler
     send: Send
     scope: Scope
     method: str
     root_before: str
     t0: float
     rss0: int | None
-    tr0: int | None
-    in0: int
+    traced0: int | None  # traced bytes at the start (tracemalloc), None when not measured
+    inflight0: int  # requests in flight once this one started, itself included
     status: int
     done: bool
     tag: Any  # the heap engine's RequestTag while it runs, else None
@@ -139,7 +141,7 @@ class _Exchange:
             elif message_type == "websocket.http.response.start":  # handshake denied with an HTTP response
                 self.status = message["status"]
         except Exception as exc:
-            self.p._internal_error("send", exc)
+            self.profiler._internal_error("send", exc)
         return self.send(message)
 
     def finish(self) -> None:
@@ -152,7 +154,7 @@ class _Exchange:
         reading.
         """
         self.done = True
-        p = self.p
+        p = self.profiler
         try:
             t1 = perf_counter()
             rss0 = self.rss0
@@ -178,14 +180,14 @@ class _Exchange:
             if self.tag is not None:  # allocations from now on (spawned tasks) keep the route
                 self.tag.close(key if route is not None or scope.get("endpoint") is not None else 0)
             if rss0 is not None:
-                tr0 = self.tr0
+                tr0 = self.traced0
                 tr1 = _get_traced()[0] if tr0 is not None and tracemalloc.is_tracing() else None
                 buffer = p._buffer
                 if len(buffer) < p._buffer_cap:
                     # plain values and the (method, route) tuple of strings: untracked by the first
                     # young collection, so records waiting for the writer never reach the old generations
                     buffer.append((REQUEST, self.t0, duration, counter[4], status, rss0, rss1, tr0, tr1,
-                                   self.in0, in1))
+                                   self.inflight0, in1))
                 else:
                     p.requests_dropped += 1
         except Exception as exc:
@@ -221,7 +223,7 @@ class LeakyspannerMiddleware:
             if p._loop is None:
                 p._first_request(_running_loop())
             x = _Exchange()
-            x.p = p
+            x.profiler = p
             x.send = send
             x.scope = scope
             x.root_before = scope.get("root_path", "")
@@ -239,9 +241,9 @@ class LeakyspannerMiddleware:
             p._window_requests += 1
             if p._rss_p >= 1.0 or _random() < p._rss_p:  # measured: RSS (and traced memory) at both ends
                 x.rss0 = p._read_rss()
-                x.tr0 = _get_traced()[0] if p._tracing else None
+                x.traced0 = _get_traced()[0] if p._tracing else None
             else:
-                x.rss0 = x.tr0 = None
+                x.rss0 = x.traced0 = None
             # last, so that a failure above leaves neither a tag set nor a request in flight
             if p._heap_tags and _RequestTag is not None:
                 # the sampled heap engine reads the route from this tag when it samples an allocation
@@ -253,7 +255,7 @@ class LeakyspannerMiddleware:
             else:
                 x.tag = None
             p._inflight += 1
-            x.in0 = p._inflight
+            x.inflight0 = p._inflight
         except Exception as exc:
             p._internal_error("request start", exc)
             await self.app(scope, receive, send)

@@ -1,4 +1,6 @@
-"""Background work yields the core to the app: a lower priority for our threads.
+"""Owns no state: lowers the priority of the calling thread (each ``threads.Ticker`` thread calls it first).
+
+Background work yields the core to the app: a lower priority for our threads.
 
 The writer and sampler threads need about 1% of a core between them. Where they share a core with the event loop (one vCPU, a pinned
 worker, a CPU quota) every slice they take is a slice the loop waits for. A

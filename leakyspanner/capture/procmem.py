@@ -1,4 +1,6 @@
-"""Process readings for the request path and the sampler.
+"""Owns ``ProcessReader``'s /proc descriptors, opened once at start and read by the event loop and the sampler.
+
+Process readings for the request path and the sampler.
 
 On Linux everything comes from /proc through descriptors opened once, so a
 reading is one ``pread`` (about a microsecond). Elsewhere psutil is used.

@@ -1,4 +1,6 @@
-"""``leakyspanner(app)``: validate, attach, start; the handle it returns and the session it shares.
+"""Owns the session: its files, buffer, endpoint counters and threads (counters: the event loop's thread).
+
+``leakyspanner(app)``: validate, attach, start; the handle it returns and the session it shares.
 
 One capture engine per process and configuration: the first ``Profiler`` to
 start hosts the session (files, sampler and writer threads); later ones with
@@ -628,15 +630,10 @@ class Profiler:
         # Threads do not survive fork and /proc/self fds point at the parent:
         # abandon the parent's session objects (without flushing) and start anew.
         self._files = []
-        self._writer = None
-        self._sampler = None
-        self._active = False
-        self._stopped = False
-        self._session_running = False
-        self._host = None
+        self._writer = self._sampler = self._host = None
+        self._active = self._stopped = self._session_running = self._started_tracing = False
         self._members = {}
         self._buffer = deque()
-        self._started_tracing = False
         self._tracing = tracemalloc.is_tracing()
         self.internal_errors = 0
         self.start()

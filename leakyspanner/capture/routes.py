@@ -1,4 +1,7 @@
-"""Route templates for request records: bounded, never one key per raw path."""
+"""Owns ``RouteNamer``'s route-template cache, filled on the event loop's thread, read by the sampler.
+
+Route templates for request records: bounded, never one key per raw path.
+"""
 
 from __future__ import annotations
 

@@ -1,19 +1,21 @@
-"""The background thread that samples process memory and drives tracemalloc."""
+"""Owns the sampling state (sequence, alerts, snapshot budget, auto window), written by the sampler thread (by stop() once it is joined).
+
+The background thread that samples process memory and drives tracemalloc.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import niceness
 from .allocations import SiteTracker
 from .procmem import cgroup_memory_bytes
+from .threads import Ticker
 from .writer import OBJECT, SAMPLE
 
 if TYPE_CHECKING:
@@ -84,21 +86,23 @@ class Sampler:
         snapshot_budget: float, auto_window_s: float, clock: Callable[[], float] = time.time,
     ) -> None:
         self._p = profiler
+        self._clock = clock
+        self._started_at = clock()
+        self.ticker = Ticker("leakyspanner-sampler", self._wait_s, self._guarded_tick)
+        # samples
         self._interval_s = interval_s
+        self._seq = 0
+        self._last_human = -float("inf")
+        self._alert_armed = True
+        # allocation snapshots
         self._snapshot_interval_s = snapshot_interval_s
         self._snapshot_budget = snapshot_budget
-        self._auto_window_s = auto_window_s
-        self._clock = clock
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._seq = 0
-        self._alert_armed = True
-        self._next_snapshot_at = 0.0
         self._budget_since = clock()  # snapshot work since then must stay within the budget
+        self._next_snapshot_at = 0.0
+        # auto level's tracing window
+        self._auto_window_s = auto_window_s
         self._auto_trigger_rss = profiler.baseline_rss_bytes
         self._auto_until: float | None = None
-        self._started_at = clock()
-        self._last_human = -float("inf")
         reader = profiler.reader
         self.sites = SiteTracker(top_n=profiler.top_stats_count,
                                  deep_traces=profiler.top_stats_count if profiler.level == "deep" else 0,
@@ -106,18 +110,13 @@ class Sampler:
                                  rss_bytes=reader.read_rss_bytes if reader is not None else None)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="leakyspanner-sampler", daemon=True)
-        self._thread.start()
+        self.ticker.start()
 
     def stop(self) -> None:
         """Wake the thread at once, take one final sample, idempotent."""
-        if self._stopped.is_set():
+        if not self.ticker.stop(_STOP_JOIN_S):
             return
-        self._stopped.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=_STOP_JOIN_S)
-        self._guarded(self.tick)
+        self._guarded_tick()
         if self._p._tracing:
             # the closing picture of the session, only if it fits the shutdown bound
             if self.sites.predicted_cost_s() <= _CLOSING_SNAPSHOT_MAX_S:
@@ -132,10 +131,8 @@ class Sampler:
             return min(self._interval_s, _EARLY_INTERVAL_S)
         return self._interval_s
 
-    def _run(self) -> None:
-        niceness.lower_this_thread()  # the event loop goes first on a shared core
-        while not self._stopped.wait(self._wait_s()):
-            self._guarded(self.tick)
+    def _guarded_tick(self) -> None:
+        self._guarded(self.tick)
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         try:
@@ -178,7 +175,7 @@ class Sampler:
             record["heap_live_bytes"] = heap_record["live_bytes"]
         self._seq += 1
         # the human log keeps the configured cadence while early samples come faster
-        human = self._stopped.is_set() or now - self._last_human >= 0.95 * self._interval_s
+        human = self.ticker.stopped or now - self._last_human >= 0.95 * self._interval_s
         if human:
             self._last_human = now
         p._buffer.append((SAMPLE, record, _copy_counters(p._counters), human))
@@ -189,7 +186,7 @@ class Sampler:
         self._alerts(now, rss)
         if p.level == "auto" and p.heap_engine == "tracemalloc":
             self._auto(now, rss)
-        if p._tracing and self._snapshot_due(now) and not self._stopped.is_set():
+        if p._tracing and self._snapshot_due(now) and not self.ticker.stopped:
             self._snapshot()
 
     def _snapshot_due(self, now: float) -> bool:

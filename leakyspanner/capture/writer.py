@@ -1,4 +1,6 @@
-"""The one thread that turns buffered records into files.
+"""Owns the open ``.jsonl``/``.log`` files and the endpoint totals, written by the writer thread (by stop() once it is joined).
+
+The one thread that turns buffered records into files.
 
 The request path and the sampler only append tuples to a ``deque`` (atomic,
 never blocks). This thread drains it in FIFO order every ``flush_s``. Request
@@ -23,7 +25,8 @@ from json import dumps as _json_dumps  # bound at import: a test mocking json.du
 from typing import IO, Any
 
 from ..schema import REQUEST_TAG
-from . import humanlog, niceness
+from . import humanlog
+from .threads import Ticker
 
 __all__ = ["RecordWriter", "REQUEST", "SAMPLE", "OBJECT"]
 
@@ -75,14 +78,11 @@ class RecordWriter:
         self._buffer = buffer
         #: new files when ours were deleted (their directory removed): the session goes on there
         self._reopen = reopen
-        self._jsonl = jsonl
-        self._log = log
+        self._jsonl, self._log = jsonl, log
         self._offset = perf_to_wall
         self._on_error = on_error
         self._dropped = dropped
-        self._flush_s = flush_s
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.ticker = Ticker("leakyspanner-writer", lambda: flush_s, self.drain)
         self._draining = threading.Lock()
         self._names: dict[tuple[str, str], str] = {}  # (method, route) -> its JSON text
         #: measured requests this interval: (method, route) -> [calls, delta sum, delta max, traced sum]
@@ -101,20 +101,11 @@ class RecordWriter:
     # -- thread -------------------------------------------------------------
     def start(self, start_ts: float) -> None:
         self._interval_start = start_ts
-        self._thread = threading.Thread(target=self._run, name="leakyspanner-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        niceness.lower_this_thread()  # the event loop goes first on a shared core
-        while not self._stopped.wait(self._flush_s):
-            self.drain()
+        self.ticker.start()
 
     def stop(self) -> None:
         """Stop the thread and write whatever is still buffered; idempotent."""
-        self._stopped.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2)  # shutdown stays bounded; the drain below writes the rest
+        self.ticker.stop(join_s=2)  # shutdown stays bounded; the drain below writes the rest
         self.drain()
 
     def write_lines(self, jsonl_lines: list[str], log_lines: list[str]) -> None:

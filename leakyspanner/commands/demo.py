@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..schema import HEAP_SITE_FIELDS, LEVELS, LOG_LINES, SCHEMA_VERSION, SITE_FIELDS
+from ..schema import HEAP_SITE_FIELDS, LEVELS, LOG_LINES, SITE_FIELDS
 from .terminal import printable
 
 __all__ = ["add_arguments", "last_snapshot_sites", "run", "summary_block"]
@@ -53,33 +52,25 @@ def summary_block(log_text: str) -> list[str]:
 
 
 def last_snapshot_sites(jsonl_path: str | os.PathLike[str], limit: int = _TOP_SITES) -> list[dict[str, Any]]:
-    """Top ``limit`` allocation sites by size in the file's last snapshot ([] when it has none)."""
-    from ..errors import SchemaVersionError
+    """Top ``limit`` allocation sites by size in the file's last snapshot ([] when it has none).
 
-    last: dict[str, Any] | None = None
-    with open(jsonl_path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.startswith("{"):
-                continue  # request records are arrays
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn last line
-            if not isinstance(record, dict):
-                continue
-            kind, version = record.get("kind"), record.get("schema_version")
-            if kind == "header" and type(version) is int and version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{jsonl_path} has schema_version {record['schema_version']}, newer than this "
-                    f"leakyspanner reads ({SCHEMA_VERSION}); upgrade leakyspanner"
-                )
-            if kind in ("snapshot", "heap"):
-                last = record
-    if last is None:
+    Read with the loader (:func:`leakyspanner.analysis.load`), so the schema's checks
+    apply: a file of a newer schema raises ``SchemaVersionError``. A site is a dict
+    of the schema's site fields (``HEAP_SITE_FIELDS`` for the sampled heap engine).
+    """
+    from ..analysis import load
+    from ..analysis.jsonvalue import json_value
+
+    sessions = load(os.fspath(jsonl_path), warn=False)
+    # the last picture of either engine: a tracemalloc snapshot or a heap record
+    pictures = [(frame, fields) for frame, fields in ((sessions.sites, SITE_FIELDS),
+                                                      (sessions.heap_sites, HEAP_SITE_FIELDS)) if len(frame)]
+    if not pictures:
         return []
-    default = HEAP_SITE_FIELDS if last.get("kind") == "heap" else SITE_FIELDS
-    fields = last.get("site_fields") or list(default)
-    sites = [dict(zip(fields, row)) for row in last.get("sites") or ()]
+    frame, fields = max(pictures, key=lambda picture: picture[0]["ts"].max())
+    last = frame[frame["ts"] == frame["ts"].max()]
+    columns = [name for name in fields if name in last.columns]
+    sites = [{k: json_value(v) for k, v in row.items()} for row in last[columns].to_dict("records")]
     sites.sort(key=lambda site: site.get("size_bytes") or 0, reverse=True)
     return sites[:limit]
 
@@ -93,7 +84,13 @@ def _short(path: str) -> str:
 
 
 def _print_sites(jsonl: Path) -> None:
-    sites = last_snapshot_sites(jsonl)
+    from ..errors import MissingExtraError
+
+    try:
+        sites = last_snapshot_sites(jsonl)
+    except MissingExtraError as exc:  # the demo extra runs without pandas
+        print(f"  (no allocation sites: {exc})")
+        return
     if not sites:
         print("  (no allocation snapshot in this session: level basic, or auto that never triggered)")
         return

@@ -20,14 +20,7 @@ from typing import Any
 
 from leakyspanner.analysis.load import Sessions
 from leakyspanner.formatting import units
-from leakyspanner.ui.payloads import (
-    endpoint_distribution,
-    fleet_payload,
-    session_detail,
-    session_row,
-    snapshot_diff,
-    verdict_or_error,
-)
+from leakyspanner.ui import payloads
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -56,20 +49,21 @@ def report_data(sessions: Sessions, session_ids: list[str], *, root: str | None 
     data: dict[str, Any] = {"mode": "report", "generated_ts": time.time(), "sessions": [], "details": {},
                             "endpoints": {}, "diffs": {}, "units": units()}
     for sid in session_ids:
-        verdict = verdict_or_error(sessions, sid)
-        detail = session_detail(sessions, sid, verdict, root=root)
-        data["sessions"].append(session_row(sessions, sid, verdict))
+        verdict = payloads.verdict_or_error(sessions, sid)
+        detail = payloads.session_detail(sessions, sid, verdict, root=root)
+        data["sessions"].append(payloads.session_row(sessions, sid, verdict))
         data["details"][sid] = {**detail, "follow": False, "version": None}
         data["endpoints"][sid] = {
-            f"{row['method']} {row['route']}": endpoint_distribution(sessions, sid, row["method"], row["route"], verdict)
+            f"{row['method']} {row['route']}":
+                payloads.endpoint_distribution(sessions, sid, row["method"], row["route"], verdict)
             for row in detail["endpoints"]["rows"]}
         snapshots = detail["snapshots"]
         data["diffs"][sid] = {}
         if len(snapshots) >= 2:
             a, b = snapshots[0]["seq"], snapshots[-1]["seq"]
-            data["diffs"][sid][f"{a}:{b}"] = snapshot_diff(sessions, sid, a, b)
+            data["diffs"][sid][f"{a}:{b}"] = payloads.snapshot_diff(sessions, sid, a, b)
     if len(session_ids) > 1:  # the sessions page: with sessions from several hosts, the verdict across them
-        data["fleet"] = fleet_payload(sessions.select(*session_ids))
+        data["fleet"] = payloads.fleet_payload(sessions.select(*session_ids))
     names = ", ".join(session_ids)
     data["title"] = f"leakyspanner report: {names}"
     return data

@@ -15,7 +15,6 @@ never imports or runs it, and only reads ``.py`` files under the project root
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from leakyspanner.analysis.diagnose import compare, diagnose
+from leakyspanner.analysis.jsonvalue import json_value
 from leakyspanner.analysis.load import Sessions
 from leakyspanner.analysis.paths import short_path, short_site
 from leakyspanner.analysis.stats import downsample, endpoint_table, site_diff
@@ -64,21 +64,8 @@ _PREVIEW_MAX_CHARS = 240    # per line shown
 
 # ------------------------------------------------------------ JSON from frames
 
-def _plain(value: Any) -> Any:
-    """A JSON-ready scalar: NA and NaN become None, numpy scalars Python ones."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.timestamp()
-    return value
-
-
 def _column(series: pd.Series) -> list[Any]:
-    return [_plain(v) for v in series.tolist()]
+    return [json_value(v) for v in series.tolist()]
 
 
 def _records(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -384,8 +371,8 @@ def _histogram(values: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[str, Any
     return {
         "count": int(values.size), "below": int((values < edges[0]).sum()),
         "above": int((values >= edges[-1]).sum()), "zero": int((values == 0).sum()),
-        "min": _plain(values.min()), "max": _plain(values.max()),
-        "bins": [{"lo": _plain(edges[i]), "hi": _plain(edges[i + 1]), "count": int(c)}
+        "min": json_value(values.min()), "max": json_value(values.max()),
+        "bins": [{"lo": json_value(edges[i]), "hi": json_value(edges[i + 1]), "count": int(c)}
                  for i, c in enumerate(counts)],
     }
 

@@ -350,8 +350,7 @@ def test_records_waiting_for_the_writer_are_untracked_by_a_young_collection(tmp_
     app = _make_app()
     profiler = leakyspanner(app, log_path=tmp_path, level="basic", request_rss_interval_seconds=0)
     try:
-        profiler._writer._stopped.set()  # the writer thread ends: records stay in the buffer while we look
-        profiler._writer._thread.join()
+        profiler._writer.ticker.stop()  # the writer thread ends: records stay in the buffer while we look
         # the endpoint's first request creates its (method, route) key; a collection that meets
         # the key and a record together may visit the record first and keep it, once per endpoint
         asyncio.run(_exchange(app, [("GET", "/items/6")]))

@@ -111,8 +111,7 @@ def test_full_buffer_drops_and_counts_instead_of_blocking(tmp_path):
     app = _app()
     profiler = leakyspanner(app, log_path=tmp_path, level="basic", max_buffered_records=5,
                             interval_seconds=60, request_rss_interval_seconds=0)
-    profiler._writer._stopped.set()  # writer stops draining: the buffer fills up
-    profiler._writer._thread.join()
+    profiler._writer.ticker.stop()  # writer stops draining: the buffer fills up
     assert asyncio.run(_get(app, n=30)) == [200] * 30
     assert profiler.requests_dropped >= 25
     profiler.stop()

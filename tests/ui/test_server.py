@@ -19,11 +19,12 @@ from session_files import XSS_ROUTE, three_sessions, write_session
 from leakyspanner import errors
 from leakyspanner.analysis import load
 from leakyspanner.analysis.diagnose import compare, diagnose
+from leakyspanner.analysis.jsonvalue import json_value
 from leakyspanner.analysis.paths import short_site
 from leakyspanner.analysis.stats import downsample, endpoint_table, site_diff
 from leakyspanner.commands import inspect
 from leakyspanner.formatting import format_bytes
-from leakyspanner.ui import payloads, server
+from leakyspanner.ui import server
 from leakyspanner.ui.server import MAX_POINTS, Dashboard, create_app
 
 BASE = "http://127.0.0.1:8765"
@@ -63,7 +64,7 @@ def _raw_asgi(app: Any, path: str, headers: list[tuple[bytes, bytes]] | None = N
 
 
 def _records(frame: Any) -> list[dict[str, Any]]:
-    return [{k: payloads._plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    return [{k: json_value(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 @pytest.fixture(scope="module")

@@ -452,6 +452,11 @@
    * A table sorted by clicking its headers. columns: [{key, label, unit}]; rows: objects.
    * Each cell carries data-key and data-value (the exact value) and the exact value as its title.
    */
+  /** One column of a dataTable: its row key, header label and unit (how cells are shown and sorted). */
+  function col(key, label, unit = "text") {
+    return {key, label, unit};
+  }
+
   function dataTable(opts) {
     const state = {key: opts.sortKey || null, dir: opts.sortDir || "desc"};
     const table = h("table", {class: "data", "data-testid": opts.testid});
@@ -552,16 +557,16 @@
   }
 
   const LIST_COLUMNS = [
-    {key: "status", label: "status", unit: "text"},
-    {key: "session_id", label: "session", unit: "text"},
-    {key: "folder", label: "folder", unit: "text"},
-    {key: "host", label: "host", unit: "text"},
-    {key: "level", label: "level", unit: "text"},
-    {key: "start_ts", label: "started", unit: "time"},
-    {key: "duration_s", label: "duration", unit: "seconds"},
-    {key: "peak_rss_bytes", label: "peak RSS", unit: "bytes"},
-    {key: "requests_total", label: "requests", unit: "number"},
-    {key: "headline", label: "verdict", unit: "text"},
+    col("status", "status"),
+    col("session_id", "session"),
+    col("folder", "folder"),
+    col("host", "host"),
+    col("level", "level"),
+    col("start_ts", "started", "time"),
+    col("duration_s", "duration", "seconds"),
+    col("peak_rss_bytes", "peak RSS", "bytes"),
+    col("requests_total", "requests", "number"),
+    col("headline", "verdict"),
   ];
 
   function sessionHref(id) {
@@ -830,13 +835,13 @@
     const growing = v && v.sites && v.sites.length ? dataTable({
       testid: "growing-sites", rowTestid: "growing-site-row", sortKey: "growth_bytes", sortDir: "desc",
       columns: [
-        {key: "site", label: "site", unit: "text"},
-        {key: "growth_bytes", label: "growth", unit: "bytes"},
-        {key: "growth_per_hour_bytes", label: "growth / hour", unit: "bytes"},
-        {key: "rising_fraction", label: "rising in", unit: "ratio"},
-        {key: "count_growth", label: "+ blocks", unit: "number"},
-        {key: "bytes_per_call", label: "bytes / call", unit: "bytes"},
-        {key: "per_call_route", label: "of route", unit: "text"},
+        col("site", "site"),
+        col("growth_bytes", "growth", "bytes"),
+        col("growth_per_hour_bytes", "growth / hour", "bytes"),
+        col("rising_fraction", "rising in", "ratio"),
+        col("count_growth", "+ blocks", "number"),
+        col("bytes_per_call", "bytes / call", "bytes"),
+        col("per_call_route", "of route"),
       ], rows: v.sites,
     }) : h("p", {class: "muted", "data-testid": "growing-sites-empty"},
       detail.snapshots.length ? "No allocation site keeps growing across snapshots." :
@@ -883,7 +888,7 @@
                  empty: "Not recorded."}));
     const tasks = detail.tasks_by_coro.length ? dataTable({
       testid: "tasks-by-coro", rowTestid: "coro-row", sortKey: "tasks", sortDir: "desc",
-      columns: [{key: "coro", label: "coroutine", unit: "text"}, {key: "tasks", label: "unfinished tasks", unit: "number"}],
+      columns: [col("coro", "coroutine"), col("tasks", "unfinished tasks", "number")],
       rows: detail.tasks_by_coro}) : null;
     return card("Tasks, file descriptors, threads", "resources-card",
       h("div", {class: "grid3"}, small("asyncio_tasks", "asyncio tasks", "chart-tasks"),
@@ -913,12 +918,12 @@
       h("div", {class: "headline"}, badge(v.status, "verdict-card-status"), h("span", null, v.headline)),
       h("h3", null, "Memory trend after warm-up (Theil–Sen slope, 90% band)"),
       dataTable({testid: "trends", rowTestid: "trend-row", rows: trends, columns: [
-        {key: "metric", label: "metric", unit: "text"}, {key: "status", label: "status", unit: "text"},
-        {key: "mb_per_hour", label: "MB / hour", unit: "number"}, {key: "band", label: "90% band (MB/h)", unit: "text"},
-        {key: "confidence", label: "confidence", unit: "ratio"},
-        {key: "bytes_per_1k_requests", label: "per 1k requests", unit: "bytes"},
-        {key: "warmup_s", label: "warm-up", unit: "seconds"}, {key: "samples", label: "samples", unit: "number"},
-        {key: "start_bytes", label: "start", unit: "bytes"}, {key: "end_bytes", label: "end", unit: "bytes"}]}),
+        col("metric", "metric"), col("status", "status"),
+        col("mb_per_hour", "MB / hour", "number"), col("band", "90% band (MB/h)"),
+        col("confidence", "confidence", "ratio"),
+        col("bytes_per_1k_requests", "per 1k requests", "bytes"),
+        col("warmup_s", "warm-up", "seconds"), col("samples", "samples", "number"),
+        col("start_bytes", "start", "bytes"), col("end_bytes", "end", "bytes")]}),
       kinds.length ? [h("h3", null, "What kind of leak"), kinds] : null,
       v.notes && v.notes.length ? h("p", {class: "muted notes"}, "Notes: " + v.notes.join("; ")) : null);
   }
@@ -989,13 +994,13 @@
       card("Retained bytes per call", "compare-endpoints-card", dataTable({
         testid: "compare-endpoints", rowTestid: "compare-endpoint-row", rows: endpointRows,
         sortKey: "before_retained_bytes_per_call", sortDir: "desc", columns: [
-          {key: "endpoint", label: "endpoint", unit: "text"},
-          {key: "before_calls", label: "calls before", unit: "number"},
-          {key: "before_retained_bytes_per_call", label: "retained / call before", unit: "bytes"},
-          {key: "after_calls", label: "calls after", unit: "number"},
-          {key: "after_retained_bytes_per_call", label: "retained / call after", unit: "bytes"},
-          {key: "before_significant", label: "leaked before", unit: "bool"},
-          {key: "after_significant", label: "leaks after", unit: "bool"}]})),
+          col("endpoint", "endpoint"),
+          col("before_calls", "calls before", "number"),
+          col("before_retained_bytes_per_call", "retained / call before", "bytes"),
+          col("after_calls", "calls after", "number"),
+          col("after_retained_bytes_per_call", "retained / call after", "bytes"),
+          col("before_significant", "leaked before", "bool"), col("after_significant", "leaks after", "bool"),
+        ]})),
       ...(api.report ? [] : [compareForm(list.sessions, before, after)]));
     ready("compare");
   }
