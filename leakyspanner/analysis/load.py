@@ -836,7 +836,7 @@ def _labels(left: _Coded, right: np.ndarray, *, optional: bool) -> _Coded:
     ``optional`` and the left is missing), formatted once per distinct pair."""
     right_codes, right_values = pd.factorize(right)  # NaN is -1
     width = len(right_values) + 1
-    keys, inverse = np.unique((left.codes + 1) * width + right_codes + 1, return_inverse=True)
+    inverse, keys = pd.factorize((left.codes + 1) * width + right_codes + 1)  # hashing: no sort of 2M keys
     distinct: dict[str, int] = {}
     codes = []
     for key in keys.tolist():
