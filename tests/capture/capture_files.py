@@ -27,3 +27,16 @@ def only_session(directory: Path) -> tuple[Path, Path]:
     logs = sorted(directory.glob("*.log"))
     assert len(jsonl) == 1 and len(logs) == 1, (jsonl, logs)
     return jsonl[0], logs[0]
+
+
+def ping_app() -> Any:
+    """A FastAPI app with one cheap endpoint, ``GET /ping``."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app

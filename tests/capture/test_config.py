@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from capture_files import read_jsonl
-from fastapi import FastAPI
+from capture_files import ping_app, read_jsonl
 
 from leakyspanner import CaptureConfig, CaptureStats, Profiler, leakyspanner
 from leakyspanner.capture.middleware import LeakyspannerMiddleware
@@ -20,14 +19,7 @@ from leakyspanner.capture.middleware import LeakyspannerMiddleware
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _app() -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/ping")
-    def ping() -> dict[str, bool]:
-        return {"ok": True}
-
-    return app
+_app = ping_app
 
 
 def test_keyword_beats_environment_beats_default():

@@ -13,22 +13,13 @@ from unittest import mock
 
 import httpx
 import pytest
-from capture_files import read_jsonl
-from fastapi import FastAPI
+from capture_files import ping_app, read_jsonl
 
 from leakyspanner import Profiler, leakyspanner
 from leakyspanner.capture import allocations
 from leakyspanner.capture import profiler as profiler_module
 
-
-def _app() -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/ping")
-    def ping() -> dict[str, bool]:
-        return {"ok": True}
-
-    return app
+_app = ping_app
 
 
 def test_sigterm_without_a_lifespan_still_writes_the_summary(serve, tmp_path):

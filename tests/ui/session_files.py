@@ -155,3 +155,14 @@ def copy_samples(target: Path, *names: str) -> list[Path]:
                 shutil.copy2(file, target / name / file.name)
             copied.append(target / name)
     return copied
+
+
+def fleet_files() -> Any:
+    """tests/fleet/fleet_files.py, loaded by path: hour-long sessions with an exact leak per call."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fleet_files", Path(__file__).parents[1] / "fleet" / "fleet_files.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ log-supplied string shown as text. Screenshots go to the scratch folder of :mod:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 from browser import CHROMIUM, Served, ready, shot
-from session_files import XSS_ROUTE
+from session_files import XSS_ROUTE, fleet_files
 from session_files import write_session as write_ui_session
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
@@ -24,20 +23,12 @@ HOSTILE_HOST = "<img src=x onerror=alert(3)>web-2"
 ROUTES = (("POST", "/orders/{order_id}"), ("GET", "/items/{item_id}"), ("GET", "/health"), ("GET", XSS_ROUTE))
 
 
-def _fleet_files() -> Any:
-    """tests/fleet/fleet_files.py: hour-long sessions with an exact leak per call."""
-    spec = importlib.util.spec_from_file_location("_fleet_files", Path(__file__).parents[1] / "fleet" / "fleet_files.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def fleet_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Five hosts, one session each: /orders leaks 8 KB a call on four; on the hostile-named host
     the script-named route leaks 200 KB a call."""
-    files = _fleet_files()
+    files = fleet_files()
     root = tmp_path_factory.mktemp("fleet-ui")
     for h in range(5):
         host = HOSTILE_HOST if h == 2 else f"web-{h}"

@@ -3,25 +3,16 @@ for several, worked out again when a followed directory gains a host, at most ev
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from typing import Any
 
 import pytest
+from session_files import fleet_files
 
 from leakyspanner.analysis import load
 from leakyspanner.ui.server import Dashboard
 
 pytest.importorskip("duckdb", reason="the fleet verdict needs pip install 'leakyspanner[fleet]'")
 from leakyspanner.fleet import fleet_verdict  # noqa: E402
-
-
-def _fleet_files() -> Any:
-    spec = importlib.util.spec_from_file_location("_fleet_files", Path(__file__).parents[1] / "fleet" / "fleet_files.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Clock:
@@ -33,7 +24,7 @@ class Clock:
 
 
 def test_fleet_appears_with_a_second_host_and_matches_the_fleet_verdict(tmp_path: Path) -> None:
-    files, clock = _fleet_files(), Clock()
+    files, clock = fleet_files(), Clock()
     leak = {"/orders/{order_id}": 65536}
     files.write_session(tmp_path, "leakyspanner_20260101_000000", "web-0", 1_780_000_000.0, leak, requests=600, samples=30)
     dashboard = Dashboard(tmp_path, clock=clock)
