@@ -90,8 +90,8 @@ def test_real_server_session_has_header_samples_requests_intervals_and_summary(s
     assert sum(i["calls"] for i in intervals) == 25
     if allocator == "tracemalloc":
         assert records["snapshot"], "mid level takes allocation snapshots"
-        # a small process with tens of thousands of blocks: forking stalls it less than inline
-        assert {s["mode"] for s in records["snapshot"]} == {"fork"}
+        # auto picks fork or inline from measured costs (timing-dependent: either is right here)
+        assert {s["mode"] for s in records["snapshot"]} <= {"fork", "inline"}
         assert children == [], "every snapshot child was reaped"
         sites = json.dumps(records["snapshot"])
     else:

@@ -23,7 +23,7 @@ BYTES = 40_000
 # Native leaks are seen through RSS alone, which moves in allocator-sized lumps;
 # the scenario leaks a decoded-image-sized buffer so the signal clears them.
 NATIVE_BYTES = 120_000
-SECONDS = 24.0
+SECONDS = 14.0
 
 
 # Real traffic is not a steady mix: uploads come in bursts, batch jobs hit one
